@@ -1,0 +1,3 @@
+from hpmodel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""``hpmodel evaluate DIR``: re-score a trained run on its test split."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("evaluate", help="re-score a trained run on its test split")
+    parser.add_argument("run_dir", help="a directory written by 'hpmodel train'")
+    parser.add_argument("--split", default="test", choices=("test", "val", "train"))
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+
+    from hpmodel.report import print_summary
+    from hpmodel.train.run import evaluate_run
+
+    scores = evaluate_run(args.run_dir, args.split)
+    print_summary(scores, title=f"hpmodel evaluate {args.run_dir}")
+    print(json.dumps(scores))
+    return 0

@@ -1,0 +1,24 @@
+"""``hpmodel train CONFIG.toml --out DIR``: train as the config says, write a run directory."""
+
+from __future__ import annotations
+
+from hpmodel.commands.common import add_config_arguments, overrides_from_args
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("train", help="train a model from a TOML config")
+    parser.add_argument("config", help="TOML configuration file")
+    parser.add_argument("--out", required=True, help="run directory to write")
+    add_config_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from hpmodel.config import load_config
+    from hpmodel.report import print_summary
+    from hpmodel.train.run import train_from_config
+
+    cfg = load_config(args.config, overrides_from_args(args))
+    summary = train_from_config(cfg, args.out)
+    print_summary(summary, title=f"hpmodel train → {args.out}")
+    return 0

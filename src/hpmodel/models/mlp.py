@@ -1,0 +1,19 @@
+"""A multi-layer perceptron: ``depth`` hidden blocks of ``width`` units."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+
+def mlp(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """Flatten → depth × (Linear, GELU, Dropout) → Linear. Each hidden layer is one block."""
+    blocks: list[nn.Module] = [nn.Flatten()]
+    width_in = math.prod(input_shape)
+    for _ in range(config.depth):
+        blocks.append(nn.Sequential(nn.Linear(width_in, config.width), nn.GELU(),
+                                    nn.Dropout(config.dropout)))
+        width_in = config.width
+    blocks.append(nn.Linear(width_in, num_classes))
+    return nn.Sequential(*blocks)

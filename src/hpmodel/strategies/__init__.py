@@ -1,0 +1,20 @@
+"""Distribution strategies: how a training step is spread over devices.
+
+Each strategy lives in its own module and registers its names; ``get_strategy(name)``
+is the one way in from a name.
+
+Example::
+
+    import hpmodel as hm
+    strategy = hm.get_strategy("mirrored", devices=2)
+"""
+
+from hpmodel.strategies.base import Strategy
+from hpmodel.strategies.mirrored import Mirrored
+from hpmodel.strategies.one_device import OneDevice
+from hpmodel.strategies.process_group import ProcessGroupStrategy
+from hpmodel.strategies.registry import (available_strategies, get_strategy, register,
+                                         strategy_class, strategy_config)
+
+__all__ = ["Mirrored", "OneDevice", "ProcessGroupStrategy", "Strategy", "available_strategies",
+           "get_strategy", "register", "strategy_class", "strategy_config"]

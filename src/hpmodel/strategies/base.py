@@ -1,0 +1,164 @@
+"""The Strategy seam: how one training step is spread over devices.
+
+A strategy answers seven questions for the training loop: where this process runs
+(``device``, ``rank``, ``world_size``), how to start its processes (``launch``), how to
+wrap the model and optimizer (``setup``), which slice of the data this process reads
+(``distribute``), how to combine numbers across processes (``reduce``, ``barrier``) and
+how to get the full weights for saving (``model_state_dict``). Optional abilities are
+mixins or overridable hooks (``no_sync`` for gradient accumulation, ``backward``,
+``optimizer_step``).
+
+Example (a custom loop)::
+
+    strategy = hm.get_strategy("one-device")
+    model, optimizer = strategy.setup(model, optimizer)
+    for x, y in strategy.distribute(batches):
+        loss = loss_fn(model(x.to(strategy.device)), y.to(strategy.device))
+        strategy.backward(loss)
+        strategy.optimizer_step(optimizer)
+        optimizer.zero_grad()
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from hpmodel.config import check_type
+from hpmodel.errors import ConfigError
+
+
+class Strategy(abc.ABC):
+    """Base class: subclasses set ``names`` and a ``Config`` dataclass and register themselves."""
+
+    names: ClassVar[tuple[str, ...]] = ()
+
+    @dataclasses.dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: Any = None, **options: Any):
+        self.config = config if config is not None else make_config(type(self), options)
+
+    # -- where this process runs --------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device:
+        """The device this process computes on."""
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def num_replicas(self) -> int:
+        """How many model replicas share a global batch (global batch = per-replica × this)."""
+        return self.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and logs."""
+        return self.rank == 0
+
+    # -- processes ----------------------------------------------------------------------
+    def launch(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on every process of this strategy; return the main process's result."""
+        return fn(*args)
+
+    # -- the step -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
+        """Place and wrap ``model`` (and ``optimizer``) for this strategy; returns both."""
+
+    def distribute(self, data: Any) -> Any:
+        """The part of ``data`` this process reads: ``data.shard(world_size, rank)`` when split."""
+        if self.world_size == 1:
+            return data
+        return data.shard(self.world_size, self.rank, mode="batch")
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+        """Apply the accumulated gradients (through ``scaler`` when fp16 loss scaling is on)."""
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+    @contextlib.contextmanager
+    def no_sync(self, model: nn.Module):
+        """Skip gradient synchronisation for micro-batches that are not the last of a step."""
+        yield
+
+    # -- collectives --------------------------------------------------------------------
+    def reduce(self, value: Any, op: str = "mean") -> torch.Tensor:
+        """Combine ``value`` over all processes with ``op`` in {"mean", "sum", "max", "min"}."""
+        if op not in ("mean", "sum", "max", "min"):
+            raise ValueError(f"reduce op '{op}' is unknown: use mean, sum, max or min")
+        return torch.as_tensor(value, dtype=torch.float64).clone()
+
+    def barrier(self) -> None:
+        pass
+
+    # -- weights ------------------------------------------------------------------------
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The user's module inside any wrapper this strategy added."""
+        return getattr(model, "module", model)
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Full weights on the CPU (gathered if sharded); every process must call it."""
+        return {k: v.detach().cpu().clone() for k, v in self.unwrap(model).state_dict().items()}
+
+    def teardown(self) -> None:
+        """Release process groups and other resources."""
+
+    def describe(self) -> str:
+        return f"{self.names[0]} ({self.world_size} process{'es' if self.world_size > 1 else ''})"
+
+
+def make_config(cls: type[Strategy], options: dict[str, Any]):
+    """Validate ``options`` against ``cls.Config``, naming the key and the allowed keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    name = cls.names[0] if cls.names else cls.__name__
+    for key in options:
+        if key not in fields:
+            allowed = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"unknown key 'strategy.{key}' for strategy '{name}': "
+                              f"allowed keys are {allowed}")
+    hints = {f.name: f.type for f in dataclasses.fields(cls.Config)}
+    kinds = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+    checked = {k: check_type(f"strategy.{k}", v, kinds.get(str(hints[k]), hints[k]))
+               for k, v in options.items()}
+    config = cls.Config(**checked)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def build_optimizer(optimizer: Any, model: nn.Module):
+    """``optimizer`` as given, or built now from a factory ``f(parameters)``.
+
+    Strategies that replace parameters (sharding) need the factory form, so that the
+    optimizer sees the parameters the strategy made.
+    """
+    if optimizer is None or isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if callable(optimizer):
+        return optimizer(model.parameters())
+    raise TypeError(f"optimizer must be a torch.optim.Optimizer or a factory f(parameters), "
+                    f"not {type(optimizer).__name__}")

@@ -1,0 +1,174 @@
+"""The shared base of every multi-process strategy: process group, devices, collectives.
+
+``torch.distributed`` (NCCL on GPUs, Gloo on CPUs) does the work; processes start through
+:mod:`hpmodel.strategies.launch` (PyTorch's elastic launcher) or through ``torchrun``, in
+which case a script using the strategy runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.strategies.base import Strategy
+from hpmodel.strategies.devices import accelerator_count
+from hpmodel.strategies.launch import LaunchSpec, in_launched_process, launch
+
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM,
+              "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+@dataclass
+class ProcessGroupConfig:
+    """Options every multi-process strategy shares."""
+
+    devices: int = 0  # processes per node; 0: every GPU, or 2 CPU processes without GPUs
+    device: str = "auto"  # auto | cpu | cuda
+    backend: str = "auto"  # auto | nccl | gloo
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""  # "host:port" of node 0 when nnodes > 1
+    max_restarts: int = 0
+    timeout_s: int = 300  # collective timeout: a dead peer surfaces as an error, not a hang
+    hold_global_batch: bool = False
+
+    def validate(self) -> None:
+        if self.devices < 0:
+            raise ConfigError(f"strategy.devices = {self.devices} must be 0 (all) or more")
+        if self.backend not in ("auto", "nccl", "gloo"):
+            raise ConfigError(f"strategy.backend = '{self.backend}' is unknown: use auto, nccl or gloo")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"strategy.device = '{self.device}' is unknown: use auto, cpu or cuda")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ConfigError("strategy.nnodes > 1 needs strategy.rdzv_endpoint = 'host:port' "
+                              "(the address of node 0), or --rdzv-endpoint")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(f"strategy.node_rank = {self.node_rank} must be in [0, {self.nnodes})")
+
+
+class ProcessGroupStrategy(Strategy):
+    """A strategy with one process per device, joined in a ``torch.distributed`` group."""
+
+    Config = ProcessGroupConfig
+
+    # -- topology -------------------------------------------------------------------------
+    @property
+    def uses_cuda(self) -> bool:
+        if self.config.device == "cpu" or self.config.backend == "gloo":
+            return False
+        return self.config.device == "cuda" or accelerator_count() > 0
+
+    @property
+    def backend(self) -> str:
+        if self.config.backend != "auto":
+            return self.config.backend
+        return "nccl" if self.uses_cuda else "gloo"
+
+    @property
+    def local_world_size(self) -> int:
+        if self.config.devices:
+            return self.config.devices
+        return accelerator_count() if self.uses_cuda else 2
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+    @property
+    def world_size(self) -> int:
+        if dist.is_initialized():
+            return dist.get_world_size()
+        return int(os.environ.get("WORLD_SIZE", self.local_world_size * self.config.nnodes))
+
+    @property
+    def local_rank(self) -> int:
+        return int(os.environ.get("LOCAL_RANK", 0))
+
+    @property
+    def device(self) -> torch.device:
+        if self.uses_cuda:
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    # -- processes ------------------------------------------------------------------------
+    def check_devices(self) -> None:
+        """Stop before any process starts when the devices asked for do not exist."""
+        gpus = accelerator_count()
+        if self.backend == "nccl" and gpus == 0:
+            raise HpmodelError("strategy.backend = 'nccl' needs CUDA GPUs and this machine has none: "
+                               "use backend = 'gloo' (or 'auto') to run on CPU processes")
+        if self.uses_cuda and self.local_world_size > gpus:
+            raise HpmodelError(f"strategy.devices = {self.local_world_size} but this machine has "
+                               f"{gpus} GPU(s): ask for at most {gpus}, or set strategy.device = 'cpu'")
+
+    def launch(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in every process: spawned here, or in place under torchrun."""
+        if dist.is_initialized():
+            return fn(*args)
+        if in_launched_process():
+            return run_in_worker(self, fn, args)
+        self.check_devices()
+        spec = LaunchSpec(nproc_per_node=self.local_world_size, nnodes=self.config.nnodes,
+                          node_rank=self.config.node_rank, rdzv_endpoint=self.config.rdzv_endpoint,
+                          max_restarts=self.config.max_restarts)
+        return launch(spec, run_in_worker, self, fn, args)
+
+    def init_process_group(self) -> None:
+        if dist.is_initialized():
+            return
+        if self.uses_cuda:
+            torch.cuda.set_device(self.local_rank)
+        else:  # share the cores between the processes of this host, as torchrun does
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        dist.init_process_group(self.backend, timeout=timedelta(seconds=self.config.timeout_s),
+                                device_id=self.device if self.uses_cuda else None)
+
+    def teardown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # -- collectives ----------------------------------------------------------------------
+    def reduce(self, value: Any, op: str = "mean") -> torch.Tensor:
+        if op not in REDUCE_OPS:
+            raise ValueError(f"reduce op '{op}' is unknown: use mean, sum, max or min")
+        comm_device = self.device if self.backend == "nccl" else torch.device("cpu")
+        tensor = torch.as_tensor(value, dtype=torch.float64).detach().to(comm_device).clone()
+        if dist.is_initialized():
+            dist.all_reduce(tensor, op=REDUCE_OPS[op])
+            if op == "mean":
+                tensor /= dist.get_world_size()
+        return tensor.cpu()
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Send a picklable object from ``src`` to every process."""
+        if not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+
+def run_in_worker(strategy: ProcessGroupStrategy, fn: Callable[..., Any], args: tuple) -> Any:
+    """The body of every launched process: join the group, run ``fn``, leave the group."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    @record
+    def body():
+        strategy.init_process_group()
+        try:
+            return fn(*args)
+        finally:
+            strategy.teardown()
+
+    return body()

@@ -1,0 +1,49 @@
+"""The name → strategy registry: the only place that knows strategy names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpmodel.errors import ConfigError
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make ``cls`` reachable under each of its ``names``."""
+    for name in cls.names:
+        _REGISTRY[name] = cls
+    return cls
+
+
+def strategy_class(name: str) -> type:
+    if name not in _REGISTRY:
+        raise ConfigError(f"strategy '{name}' is unknown: registered strategies are "
+                          f"{', '.join(available_strategies())}")
+    return _REGISTRY[name]
+
+
+def available_strategies() -> list[str]:
+    """Primary names of the registered strategies."""
+    return sorted({cls.names[0] for cls in _REGISTRY.values()})
+
+
+def get_strategy(name: str = "one-device", **options: Any):
+    """Build a strategy by name.
+
+    Example::
+
+        strategy = get_strategy("mirrored", devices=2)
+    """
+    return strategy_class(name)(**options)
+
+
+def strategy_config(table: dict[str, Any]):
+    """Validate a config's ``[strategy]`` table; returns the strategy's Config object."""
+    from hpmodel.strategies.base import make_config
+
+    options = dict(table)
+    name = options.pop("name", "one-device")
+    if not isinstance(name, str):
+        raise ConfigError("strategy.name must be a string")
+    return make_config(strategy_class(name), options)

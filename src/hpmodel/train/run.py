@@ -1,0 +1,106 @@
+"""Train and evaluate from a configuration: the code path behind ``hpmodel train`` and
+``hpmodel evaluate``, usable from Python too.
+
+Example::
+
+    cfg = load_config("examples/digits.toml")
+    summary = train_from_config(cfg, "runs/digits")
+    evaluate_run("runs/digits")["test_accuracy"]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hpmodel.config import RunConfig, load_config, to_toml
+from hpmodel.datasets import load_splits
+from hpmodel.models import build_model, count_parameters
+from hpmodel.strategies import get_strategy
+from hpmodel.train.callbacks import MetricsLogger
+from hpmodel.train.optim import optimizer_factory, schedule_factory
+from hpmodel.train.run_dir import atomic_write_bytes, load_weights, read_json, save_weights, write_json
+from hpmodel.train.trainer import Trainer
+
+
+def build_strategy(cfg: RunConfig):
+    options = dict(cfg.strategy)
+    return get_strategy(options.pop("name", "one-device"), **options)
+
+
+def build_trainer(cfg: RunConfig, strategy, callbacks=()) -> Trainer:
+    return Trainer(strategy=strategy, precision=cfg.train.precision, grad_accum=cfg.train.grad_accum,
+                   clip_grad_norm=cfg.train.clip_grad_norm, callbacks=callbacks, seed=cfg.seed,
+                   batch_size=cfg.data.batch_size, log_every_steps=cfg.train.log_every_steps,
+                   progress=cfg.train.progress, max_steps=cfg.train.max_steps,
+                   early_stopping_patience=cfg.train.early_stopping_patience,
+                   schedule=schedule_factory(cfg.schedule))
+
+
+class ModelFactory:
+    """A picklable ``() -> nn.Module`` for a config, so processes can build the model."""
+
+    def __init__(self, cfg: RunConfig, input_shape, num_classes: int):
+        self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
+
+    def __call__(self):
+        return build_model(self.cfg.model, self.input_shape, self.num_classes)
+
+
+def train_from_config(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Train as ``cfg`` says, write the run directory, return ``summary.json``'s content."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    strategy = build_strategy(cfg)
+    atomic_write_bytes(out_dir / "config.toml", to_toml(cfg).encode())
+    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    summary = strategy.launch(train_worker, cfg, str(out_dir), strategy)
+    return summary
+
+
+def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
+    """Every process's part of a configured run; the main process writes the files."""
+    started = time.perf_counter()
+    splits = load_splits(cfg.data, cfg.seed)
+    factory = ModelFactory(cfg, splits.input_shape, splits.num_classes)
+    callbacks = [MetricsLogger(out_dir)]
+    trainer = build_trainer(cfg, strategy, callbacks)
+    result = trainer.fit_in_process(factory, optimizer_factory(cfg.optimizer), splits.train,
+                                    cfg.train.epochs, splits.val)
+    test = trainer.evaluate_model(result.wrapped_model, splits.test)
+    summary = {**result.summary, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "test_examples": test["examples"], "strategy": strategy.describe(),
+               "parameters": count_parameters(factory()), "precision": cfg.train.precision,
+               "total_seconds": time.perf_counter() - started, "history": result.history}
+    if strategy.is_main:
+        save_weights(Path(out_dir) / "model.safetensors", result.state_dict,
+                     metadata={"model": cfg.model.name, "hpmodel": "1"})
+        write_json(Path(out_dir) / "summary.json", summary)
+    strategy.barrier()
+    return summary
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """Re-score a trained run on its test split, from its config and weights alone."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.toml")
+    splits = load_splits(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.input_shape, splits.num_classes)
+    weights = load_weights(run_dir / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        from hpmodel.errors import HpmodelError
+
+        raise HpmodelError(f"'{run_dir}/model.safetensors' does not fit the model of its config.toml "
+                           f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    trainer = Trainer(strategy=get_strategy("one-device"), precision=cfg.train.precision,
+                      batch_size=256, progress=False)
+    model, _ = trainer.strategy.setup(model, None)
+    scores = trainer.evaluate_model(model, getattr(splits, split))
+    return {f"{split}_accuracy": scores["accuracy"], f"{split}_loss": scores["loss"],
+            f"{split}_examples": scores["examples"]}
+
+
+__all__ = ["ModelFactory", "build_strategy", "build_trainer", "evaluate_run", "read_json",
+           "train_from_config"]

@@ -1,0 +1,278 @@
+"""``Trainer.fit / evaluate / predict``: the training loop, over any strategy.
+
+The strategy decides where things run; the Trainer owns the step: mixed precision
+(``torch.amp``), gradient accumulation that equals the large batch exactly, clipping,
+LR schedules, metrics reduced over replicas, callbacks and progress.
+
+Example::
+
+    trainer = hm.Trainer(strategy=hm.get_strategy("one-device"), precision="bf16", grad_accum=4)
+    result = trainer.fit(lambda: make_model(), lambda params: torch.optim.AdamW(params),
+                         (x_train, y_train), epochs=3, val_data=(x_val, y_val))
+    result.model, result.history
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from hpmodel.errors import HpmodelError
+from hpmodel.strategies import OneDevice
+from hpmodel.train.batches import TensorBatches
+from hpmodel.train.callbacks import CallbackList, EarlyStopping, ProgressBar, Timer
+from hpmodel.train.precision import autocast, grad_scaler
+from hpmodel.train.seeding import seed_everything
+from hpmodel.train.state import TrainState
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the trained model (on the CPU), per-epoch history and a summary."""
+
+    model: nn.Module | None
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    wrapped_model: nn.Module | None = field(default=None, repr=False)  # as the strategy set it up
+
+
+class Trainer:
+    """Runs training and evaluation under a strategy.
+
+    ``batch_size`` is per replica (global = per replica × replicas, as in tf.distribute)
+    unless the strategy's ``hold_global_batch`` is set; it applies when data is given as
+    tensors. Pipelines (``hpmodel.data``) bring their own batching.
+    """
+
+    def __init__(self, strategy=None, *, precision: str = "fp32", grad_accum: int = 1,
+                 clip_grad_norm: float = 0.0, callbacks=(), seed: int = 0, batch_size: int = 64,
+                 loss_fn: Callable | None = None, log_every_steps: int = 10,
+                 progress: bool = True, max_steps: int = 0, early_stopping_patience: int = 0,
+                 schedule: Callable | None = None, model_transform: Callable | None = None):
+        if grad_accum < 1:
+            raise HpmodelError(f"grad_accum = {grad_accum} must be at least 1")
+        self.strategy = strategy if strategy is not None else OneDevice()
+        self.precision = precision
+        self.grad_accum = grad_accum
+        self.clip_grad_norm = clip_grad_norm
+        self.callbacks = list(callbacks)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.loss_fn = loss_fn or nn.functional.cross_entropy
+        self.log_every_steps = max(1, log_every_steps)
+        self.progress = progress
+        self.max_steps = max_steps
+        self.early_stopping_patience = early_stopping_patience
+        self.schedule = schedule  # f(optimizer, total_steps) -> LR scheduler
+        self.model_transform = model_transform  # f(model) -> model, before the strategy wraps it
+
+    # -- public verbs ---------------------------------------------------------------------
+    def fit(self, model, optimizer, data, *, epochs: int = 1, val_data=None) -> FitResult:
+        """Train ``model`` (a module or a factory) with ``optimizer`` (a factory f(params))."""
+        result = self.strategy.launch(self._fit_entry, model, optimizer, data, epochs, val_data)
+        if result is not None and result.model is None and result.state_dict:
+            result.model = model() if callable(model) and not isinstance(model, nn.Module) else model
+            result.model.load_state_dict(result.state_dict)
+        return result
+
+    def _fit_entry(self, *args) -> FitResult:
+        result = self.fit_in_process(*args)
+        if self.strategy.world_size > 1:  # wrapped models stay in their process
+            result.wrapped_model = None
+        return result
+
+    def fit_in_process(self, model, optimizer, data, epochs: int, val_data=None) -> FitResult:
+        """The body of ``fit`` in each process (already launched)."""
+        seed_everything(self.seed)
+        state = self.build_state(model, optimizer, data, epochs)
+        callbacks = CallbackList(self._default_callbacks() + self.callbacks)
+        timer = callbacks.callbacks[0]
+        callbacks.call("on_train_begin", state)
+        while state.epoch < epochs and not state.stop_training:
+            self.run_epoch(state, callbacks)
+            logs = dict(state.extra.pop("epoch_logs", {}))
+            if val_data is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate_model(state.model, val_data).items()
+                             if k != "examples"})
+            state.history.append({"epoch": state.epoch + 1, **logs})
+            callbacks.call("on_epoch_end", state, logs)
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        callbacks.call("on_train_end", state)
+        summary = {"steps": state.global_step, "epochs": state.epoch,
+                   "wall_seconds": timer.seconds,
+                   "examples_per_second": timer.examples / max(timer.seconds, 1e-9)}
+        weights = self.strategy.model_state_dict(state.model)
+        model_out = self.strategy.unwrap(state.model) if self.strategy.world_size == 1 else None
+        return FitResult(model=model_out, history=state.history, summary=summary,
+                         state_dict=weights if self.strategy.is_main else {},
+                         wrapped_model=state.model)
+
+    def evaluate(self, model: nn.Module, data) -> dict[str, float]:
+        """Loss and accuracy of ``model`` on ``data`` (reduced over replicas)."""
+        return self.strategy.launch(self.evaluate_in_process, model, data)
+
+    def evaluate_in_process(self, model: nn.Module, data) -> dict[str, float]:
+        if not getattr(model, "_hpmodel_setup", False):
+            model, _ = self.strategy.setup(model, None)
+        return self.evaluate_model(model, data)
+
+    def predict(self, model: nn.Module, data) -> torch.Tensor:
+        """Logits for every example of ``data``, in order (computed in this process)."""
+        module = self.strategy.unwrap(model)
+        device = next(module.parameters()).device
+        module.eval()
+        outputs = []
+        with torch.no_grad(), autocast(self.precision, device):
+            for batch in self.as_batches(data, shuffle=False):
+                outputs.append(module(batch[0].to(device)).float().cpu())
+        return torch.cat(outputs)
+
+    # -- building blocks --------------------------------------------------------------------
+    def build_state(self, model, optimizer, data, epochs: int) -> TrainState:
+        model = model() if callable(model) and not isinstance(model, nn.Module) else model
+        if self.model_transform is not None:
+            model = self.model_transform(model)
+        model, optimizer = self.strategy.setup(model, optimizer)
+        model._hpmodel_setup = True
+        train_data = self.strategy.distribute(self.as_batches(data, shuffle=True))
+        steps_per_epoch = math.ceil(len(train_data) / self.grad_accum)
+        total_steps = steps_per_epoch * epochs
+        if self.max_steps:
+            total_steps = min(total_steps, self.max_steps)
+        scheduler = self.schedule(optimizer, total_steps) if self.schedule else None
+        return TrainState(strategy=self.strategy, model=model, optimizer=optimizer,
+                          scheduler=scheduler, scaler=grad_scaler(self.precision, self.strategy.device),
+                          train_data=train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                          total_steps=total_steps)
+
+    def as_batches(self, data, shuffle: bool):
+        """Tensors, an ArraySplit or a torch Dataset → batches; pipelines pass through."""
+        if hasattr(data, "shard") and hasattr(data, "__iter__"):
+            return data
+        if hasattr(data, "x") and hasattr(data, "y"):
+            data = (data.x, data.y)
+        if isinstance(data, (tuple, list)) and all(torch.is_tensor(t) for t in data):
+            return TensorBatches(data, self.global_batch_size(), shuffle=shuffle, seed=self.seed)
+        if isinstance(data, torch.utils.data.Dataset):
+            from hpmodel.data import from_dataset
+
+            pipeline = from_dataset(data)
+            if shuffle:
+                pipeline = pipeline.shuffle(len(data), seed=self.seed)
+            return pipeline.batch(self.global_batch_size())
+        raise HpmodelError(f"cannot train on data of type {type(data).__name__}: give tensors "
+                           "(x, y), a torch Dataset or an hpmodel.data pipeline")
+
+    def global_batch_size(self) -> int:
+        if getattr(self.strategy.config, "hold_global_batch", False):
+            return self.batch_size
+        return self.batch_size * self.strategy.num_replicas
+
+    def _default_callbacks(self) -> list:
+        defaults: list = [Timer()]
+        if self.progress:
+            defaults.append(ProgressBar())
+        if self.early_stopping_patience:
+            defaults.append(EarlyStopping("val_loss", self.early_stopping_patience))
+        return defaults
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run_epoch(self, state: TrainState, callbacks: CallbackList) -> None:
+        state.train_data.set_epoch(state.epoch)
+        callbacks.call("on_epoch_begin", state)
+        state.model.train()
+        batches = iter(state.train_data)
+        device = state.strategy.device
+        # Sums stay on the device so the step never waits for a host copy: (loss·n, correct, n).
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        window = torch.zeros(3, dtype=torch.float64, device=device)
+        window_start = time.perf_counter()
+        while not state.stop_training:
+            group = list(itertools.islice(batches, self.grad_accum))
+            if not group:
+                break
+            callbacks.call("on_step_begin", state)
+            step_totals = self.train_step(state, group)
+            totals += step_totals
+            window += step_totals
+            state.global_step += 1
+            state.step_in_epoch += 1
+            state.last_step_examples = sum(len(b[-1]) for b in group) * state.strategy.num_replicas
+            logs = {}
+            if state.global_step % self.log_every_steps == 0:
+                logs = self.window_logs(state, window, time.perf_counter() - window_start)
+                window.zero_()
+                window_start = time.perf_counter()
+            callbacks.call("on_step_end", state, logs)
+            if self.max_steps and state.global_step >= self.max_steps:
+                state.stop_training = True
+        loss_sum, correct, count = self.strategy.reduce(totals, "sum").tolist()
+        state.extra["epoch_logs"] = {"train_loss": loss_sum / max(count, 1),
+                                     "train_accuracy": correct / max(count, 1)}
+
+    def train_step(self, state: TrainState, group: list) -> torch.Tensor:
+        """One optimizer step over ``group`` micro-batches, weighted so it equals one large batch."""
+        device = state.strategy.device
+        total = sum(len(batch[-1]) for batch in group)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        for index, batch in enumerate(group):
+            x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+            last = index == len(group) - 1
+            sync = contextlib.nullcontext() if last else state.strategy.no_sync(state.model)
+            with sync:
+                with autocast(self.precision, device):
+                    logits = state.model(x)
+                    loss = self.loss_fn(logits, y)
+                scaled = loss * (len(y) / total)
+                if state.scaler is not None:
+                    scaled = state.scaler.scale(scaled)
+                state.strategy.backward(scaled)
+            with torch.no_grad():
+                sums[0] += loss.detach().double() * len(y)
+                sums[1] += (logits.argmax(-1) == y).sum()
+                sums[2] += len(y)
+        if self.clip_grad_norm:
+            if state.scaler is not None:
+                state.scaler.unscale_(state.optimizer)
+            state.strategy.clip_grad_norm(state.model, self.clip_grad_norm)
+        state.strategy.optimizer_step(state.optimizer, state.scaler)
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.scheduler is not None:
+            state.scheduler.step()
+        return sums
+
+    def window_logs(self, state: TrainState, window: torch.Tensor, seconds: float) -> dict[str, float]:
+        loss_sum, correct, count = self.strategy.reduce(window, "sum").tolist()
+        loss = loss_sum / max(count, 1)
+        if not math.isfinite(loss):
+            raise HpmodelError(f"the training loss became {loss} at step {state.global_step}: lower "
+                               "optimizer.lr, enable train.clip_grad_norm, or use precision bf16/fp32")
+        return {"loss": loss, "accuracy": correct / max(count, 1),
+                "lr": state.optimizer.param_groups[0]["lr"],
+                "examples_per_second": count / max(seconds, 1e-9)}
+
+    def evaluate_model(self, model: nn.Module, data) -> dict[str, float]:
+        """Loss, accuracy and example count over ``data`` on this strategy (all processes)."""
+        device = self.strategy.device
+        batches = self.strategy.distribute(self.as_batches(data, shuffle=False))
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        with torch.no_grad(), autocast(self.precision, device):
+            for batch in batches:
+                x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+                logits = model(x)
+                sums[0] += self.loss_fn(logits.float(), y).double() * len(y)
+                sums[1] += (logits.argmax(-1) == y).sum()
+                sums[2] += len(y)
+        model.train()
+        loss_sum, correct, count = self.strategy.reduce(sums, "sum").tolist()
+        return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
+                "examples": int(count)}

@@ -1,0 +1,103 @@
+"""The training loop: determinism, exact gradient accumulation, precision, callbacks, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+import hpmodel as hm
+from hpmodel.config import DataConfig
+from hpmodel.datasets import load_splits
+from hpmodel.errors import HpmodelError
+from hpmodel.train.callbacks import Callback
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_splits(DataConfig(name="digits"), seed=0)
+
+
+def tiny_model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+def fit(digits, **options):
+    epochs = options.pop("epochs", 2)
+    trainer = hm.Trainer(strategy=hm.get_strategy("one-device", device="cpu"), progress=False, **options)
+    return trainer.fit(tiny_model, sgd, digits.train, epochs=epochs, val_data=digits.val)
+
+
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_same_seed_gives_bit_identical_weights(digits):
+    a, b = fit(digits, seed=3), fit(digits, seed=3)
+    assert torch.equal(flat(a.model), flat(b.model))
+    assert not torch.equal(flat(a.model), flat(fit(digits, seed=4).model))
+
+
+def test_grad_accumulation_4x16_equals_batch_64(digits):
+    big = fit(digits, batch_size=64, grad_accum=1, epochs=1)
+    accumulated = fit(digits, batch_size=16, grad_accum=4, epochs=1)
+    assert big.summary["steps"] == accumulated.summary["steps"]
+    a, b = flat(big.model), flat(accumulated.model)
+    assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(digits, precision):
+    result = fit(digits, precision=precision, epochs=3)
+    assert result.history[-1]["val_accuracy"] > 0.85
+
+
+def test_history_metrics_and_early_stopping(digits):
+    class Record(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_train_begin(self, state): self.events.append("train_begin")
+        def on_epoch_end(self, state, logs): self.events.append(("epoch", round(logs["val_loss"], 6)))
+        def on_train_end(self, state): self.events.append("train_end")
+
+    record = Record()
+    result = fit(digits, callbacks=[record], early_stopping_patience=1, epochs=30,
+                 schedule=lambda opt, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 10.0))
+    assert record.events[0] == "train_begin" and record.events[-1] == "train_end"
+    assert len(result.history) < 30  # stopped early
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(result.history[0])
+
+
+def test_clipping_and_cosine_schedule(digits):
+    from hpmodel.config import ScheduleConfig
+    from hpmodel.train.optim import schedule_factory
+
+    result = fit(digits, clip_grad_norm=1.0, schedule=schedule_factory(ScheduleConfig("cosine", 5)))
+    assert result.history[-1]["val_accuracy"] > 0.8
+
+
+def test_nan_loss_stops_with_a_clear_message(digits):
+    def nan_loss(logits, y):
+        return nn.functional.cross_entropy(logits, y) * float("nan")
+
+    with pytest.raises(HpmodelError, match="loss became nan at step 10"):
+        fit(digits, loss_fn=nan_loss, log_every_steps=10)
+
+
+def test_evaluate_and_predict(digits):
+    result = fit(digits)
+    trainer = hm.Trainer(strategy=hm.get_strategy("one-device", device="cpu"), progress=False)
+    scores = trainer.evaluate(result.model, digits.test)
+    logits = trainer.predict(result.model, digits.test)
+    assert logits.shape == (len(digits.test), 10)
+    manual = (logits.argmax(1) == digits.test.y).float().mean().item()
+    assert scores["accuracy"] == pytest.approx(manual)
+
+
+def test_missing_device_fails_clearly():
+    with pytest.raises(HpmodelError, match="does not exist: this machine has 0 CUDA"):
+        hm.get_strategy("one-device", device="cuda:3")
