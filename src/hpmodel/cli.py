@@ -17,7 +17,16 @@ import sys
 
 from hpmodel.errors import HpmodelError
 
-COMMANDS = ("train", "evaluate", "demo", "strategies")
+
+
+def command_modules() -> list[str]:
+    """Every module of ``hpmodel.commands`` that defines ``add_parser`` is a subcommand."""
+    import pkgutil
+
+    import hpmodel.commands as package
+
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__)
+                  if info.name not in ("common",) and not info.name.startswith("_"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpmodel", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hpmodel {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        module = importlib.import_module(f"hpmodel.commands.{name.replace('-', '_')}")
-        module.add_parser(sub)
+    for name in command_modules():
+        module = importlib.import_module(f"hpmodel.commands.{name}")
+        if hasattr(module, "add_parser"):
+            module.add_parser(sub)
     return parser
 
 
