@@ -16,9 +16,15 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from hpmodel.config import load_config
     from hpmodel.report import print_summary
+    import shlex
+    import sys
+
+    from hpmodel.reporting.train_report import write_train_report
     from hpmodel.train.run import train_from_config
 
     cfg = load_config(args.config, overrides_from_args(args))
     summary = train_from_config(cfg, args.out)
     print_summary(summary, title=f"hpmodel train → {args.out}")
+    report = write_train_report(args.out, summary, command=shlex.join(["hpmodel", *sys.argv[1:]]))
+    print(f"report: {report}")
     return 0
