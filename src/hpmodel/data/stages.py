@@ -55,6 +55,19 @@ class MapNode(Node):
         return parallel_map(inputs, self.fn, workers, tuner, self.deterministic, stage,
                             processes=self.use_processes, chunk_size=chunk)
 
+    def iterate_batched(self, ctx: Context, skip: int, batch: "BatchNode") -> Iterator:
+        """Fused ``map().batch()`` for process workers: each worker maps and collates."""
+        from .parallel import ApplyCollate
+
+        inputs = self.upstream.iterate(ctx, skip)
+        stage = self.stage(ctx)
+        workers = ctx.cpu_share if self.num_parallel_calls == AUTOTUNE else self.num_parallel_calls
+        stage.extra.update(workers=workers, fused_with_batch=True)
+        drop = batch.batch_size if batch.drop_remainder else 0
+        return parallel_map(inputs, self.fn, max(1, workers or 1), None, self.deterministic,
+                            stage, processes=True, chunk_size=batch.batch_size,
+                            chunk_fn=ApplyCollate(self.fn, batch.collate, drop))
+
     def _sequential(self, inputs: Iterator, stage) -> Iterator:
         fn = self.fn
         for item in inputs:
@@ -103,6 +116,9 @@ class BatchNode(Node):
 
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
         # Every batch before the last is full, so k batches are exactly k * size elements.
+        up = self.upstream
+        if isinstance(up, MapNode) and up.use_processes and up.chunk_size is None:
+            return up.iterate_batched(ctx, skip * self.batch_size, self)
         inputs = self.upstream.iterate(ctx, skip * self.batch_size)
         return self._batch(inputs, self.stage(ctx))
 
