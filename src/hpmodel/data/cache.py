@@ -1,0 +1,65 @@
+"""File cache: the first complete epoch of a pipeline saved as one shard for later runs.
+
+Built on the shard format (``shards.py``, through ``fsspec``): the file is written to a
+temporary name and renamed only when an epoch completes, so a crash never leaves a
+half cache behind; a later run (or epoch) finding the file reads it instead of the
+upstream stages, and resumes by seeking through the shard index.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import fsspec
+
+from .core import Context, Node
+from .shards import ShardWriter, count_records, read_shard
+
+
+class FileCacheNode(Node):
+    """Replay elements from ``path`` if it exists, else pass through and write it.
+
+    Example::
+
+        pipe = from_tensors(x).map(decode).cache("/tmp/decoded.cache")
+    """
+
+    kind = "cache"
+    one_to_one = True
+
+    def __init__(self, upstream: Node, path: str):
+        super().__init__(upstream)
+        self.path = path
+
+    def for_shard(self, spec: tuple) -> None:
+        """Use a file per rank when a shard sits below this cache."""
+        num, index, block = spec
+        self.path = f"{self.path}.rank{index}-of-{num}" + (f"-block{block}" if block else "")
+
+    def _exists(self) -> bool:
+        fs, path = fsspec.core.url_to_fs(self.path)
+        return fs.exists(path)
+
+    def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
+        if self._exists():
+            self.stage(ctx).extra["source"] = "file"
+            return read_shard(self.path, skip, on_skip=ctx.stats.count_skipped)
+        return self._fill(ctx, skip)
+
+    def _fill(self, ctx: Context, skip: int) -> Iterator:
+        writer = ShardWriter(self.path) if skip == 0 else None  # partial passes don't write
+        done = False
+        try:
+            for item in self.upstream.iterate(ctx, skip):
+                if writer is not None:
+                    writer.write(item)
+                yield item
+            done = True
+        finally:
+            if writer is not None:
+                writer.close() if done else writer.abort()
+
+    def cardinality(self) -> int:
+        if self._exists():
+            return count_records(self.path)
+        return self.upstream.cardinality()

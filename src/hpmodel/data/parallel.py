@@ -1,0 +1,275 @@
+"""Parallel map with ordered reassembly, on threads or processes, and its autotuner.
+
+Threads come from ``concurrent.futures.ThreadPoolExecutor`` (right for functions that
+release the GIL: torch ops, numpy, I/O); processes from ``multiprocessing.Pool`` (for
+pure-Python functions that hold the GIL). Work is submitted in input order and results
+are taken from the head of a bounded window, so the output order is the input order
+whatever the number of workers: element i of the output is ``fn(input i)``.
+
+AUTOTUNE: :class:`Tuner` hill-climbs the window (elements in flight) from the measured
+consumer wait; it grows while the consumer is starved and growing still raises the
+output rate, and backs off when a step did not help. The worker count is bounded by
+the pipeline's CPU budget.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+clock = time.perf_counter
+
+
+class Tuner:
+    """Hill-climbing controller for one knob (parallelism or buffer size).
+
+    Call :meth:`record` with the seconds the consumer waited for each element; read
+    :attr:`value`. Every window of >= 50 ms it raises the value while the consumer
+    waited > 5 % of the time, and reverts a raise that did not lift the rate by 5 %.
+
+    Example::
+
+        tuner = Tuner(start=1, low=1, high=8)
+        tuner.record(waited=0.002)
+        n = tuner.value
+    """
+
+    def __init__(self, start: int, low: int, high: int, period: float = 0.05):
+        self.value, self.low, self.high, self.period = start, low, high, period
+        self._t0, self._n, self._wait = clock(), 0, 0.0
+        self._before: tuple[int, float] | None = None  # (value, rate) before last raise
+        self._frozen = 0
+
+    def record(self, waited: float) -> None:
+        """Account one consumed element that the consumer waited ``waited`` seconds for."""
+        self._n += 1
+        self._wait += waited
+        now = clock()
+        elapsed = now - self._t0
+        if elapsed < self.period or self._n < 4:
+            return
+        rate, starved = self._n / elapsed, self._wait / elapsed
+        self._t0, self._n, self._wait = now, 0, 0.0
+        if self._before is not None:
+            old_value, old_rate = self._before
+            self._before = None
+            if rate < old_rate * 1.05:  # the last raise did not help: undo, pause
+                self.value, self._frozen = old_value, 10
+                return
+        if self._frozen:
+            self._frozen -= 1
+        elif starved > 0.05 and self.value < self.high:
+            self._before = (self.value, rate)
+            self.value = min(self.high, self.value + max(1, self.value // 2))
+
+
+class ApplyEach:
+    """Chunk function: ``fn`` on every element of the chunk."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, chunk: list) -> list:
+        fn = self.fn
+        return [fn(x) for x in chunk]
+
+
+class ApplyCollate:
+    """Chunk function of a fused ``map().batch()``: map each element, collate the chunk.
+
+    A worker then returns one batch (a few arrays) instead of many small elements,
+    which is what makes process workers as cheap to talk to as DataLoader's.
+    """
+
+    def __init__(self, fn: Callable, collate: Callable, drop_short: int = 0):
+        self.fn, self.collate, self.drop_short = fn, collate, drop_short
+
+    def __call__(self, chunk: list) -> list:
+        if len(chunk) < self.drop_short:
+            return []
+        fn = self.fn
+        return [self.collate([fn(x) for x in chunk])]
+
+
+def parallel_map(inputs: Iterator, fn: Callable, workers: int, tuner: Tuner | None,
+                 deterministic: bool, stage, processes: bool = False,
+                 chunk_size: int = 1, chunk_fn: Callable | None = None) -> Iterator:
+    """Yield ``fn(x)`` for x in ``inputs`` using ``workers`` threads or processes.
+
+    With ``tuner`` the window of chunks in flight follows ``tuner.value``; without it
+    the window is ``2 * workers``. ``deterministic=False`` yields whichever result is
+    ready first. ``chunk_fn`` (default ``ApplyEach(fn)``) maps a list of up to
+    ``chunk_size`` inputs to a list of outputs.
+
+    Example::
+
+        list(parallel_map(iter(range(4)), abs, 2, None, True, StageStats("map")))
+    """
+    chunk_fn = chunk_fn or ApplyEach(fn)
+    if processes:
+        runner = _ProcessRunner(chunk_fn, workers)
+    else:
+        runner = _ThreadRunner(chunk_fn, workers, stage)
+    pending: deque = deque()
+    exhausted = False
+    try:
+        while True:
+            window = tuner.value if tuner is not None else 2 * workers
+            while not exhausted and len(pending) < window:
+                chunk = _take(inputs, chunk_size)
+                if not chunk:
+                    exhausted = True
+                    break
+                pending.append(runner.submit(chunk))
+            if not pending:
+                return
+            t0 = clock()
+            handle = pending.popleft() if deterministic else _pop_ready(pending, runner)
+            results, seconds, n_in = runner.result(handle)
+            waited = clock() - t0
+            if processes:
+                stage.add(seconds, n_in)
+            if tuner is not None:
+                tuner.record(waited)
+                stage.extra["window"] = tuner.value
+            yield from results
+    finally:
+        runner.close()
+
+
+def _take(inputs: Iterator, n: int) -> list:
+    chunk = []
+    for item in inputs:
+        chunk.append(item)
+        if len(chunk) == n:
+            break
+    return chunk
+
+
+def _pop_ready(pending: deque, runner) -> Any:
+    while True:
+        for handle in pending:
+            if runner.ready(handle):
+                pending.remove(handle)
+                return handle
+        runner.wait_any(pending)
+
+
+class _ThreadRunner:
+    def __init__(self, fn: Callable, workers: int, stage):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hpmodel-map")
+        self.fn, self.stage = fn, stage
+
+    def _work(self, chunk: list) -> tuple[list, float, int]:
+        t0 = clock()
+        out = self.fn(chunk)
+        self.stage.add(clock() - t0, len(chunk))
+        return out, 0.0, len(chunk)
+
+    def submit(self, chunk: list):
+        return self.pool.submit(self._work, chunk)
+
+    def result(self, future) -> tuple[list, float, int]:
+        return future.result()
+
+    def ready(self, future) -> bool:
+        return future.done()
+
+    def wait_any(self, pending) -> None:
+        wait(list(pending), return_when=FIRST_COMPLETED)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- processes ---------------------------------------------------------------------
+# The function reaches the workers through the Pool initializer: under the "fork"
+# start method initargs are inherited, not pickled, so lambdas and closures work.
+_WORKER_FN: Callable | None = None
+
+
+def _init_worker(fn: Callable) -> None:
+    global _WORKER_FN
+    _WORKER_FN = fn
+    torch.set_num_threads(1)  # like DataLoader workers: no oversubscription
+
+
+def _run_chunk(payload: bytes) -> tuple[bytes, float, int]:
+    t0 = clock()
+    chunk = _unpack(pickle.loads(payload))
+    out = _WORKER_FN(chunk)
+    return pickle.dumps(_pack(out), protocol=5), clock() - t0, len(chunk)
+
+
+def _pack(obj: Any) -> Any:
+    # Tensors travel as numpy arrays: pickling those is a memcpy, while pickling a
+    # tensor goes through torch.save or a shared-memory file descriptor per tensor.
+    if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.requires_grad:
+        try:
+            return _PackedTensor(obj.numpy())
+        except TypeError:  # dtypes numpy lacks (bfloat16)
+            return obj
+    if isinstance(obj, tuple):
+        return tuple(_pack(x) for x in obj)
+    if isinstance(obj, list):
+        return [_pack(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    return obj
+
+
+def _unpack(obj: Any) -> Any:
+    if isinstance(obj, _PackedTensor):
+        return torch.from_numpy(obj.array)
+    if isinstance(obj, tuple):
+        return tuple(_unpack(x) for x in obj)
+    if isinstance(obj, list):
+        return [_unpack(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _unpack(v) for k, v in obj.items()}
+    return obj
+
+
+class _PackedTensor:
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __reduce__(self):
+        return (_PackedTensor, (self.array,))
+
+
+class _ProcessRunner:
+    def __init__(self, fn: Callable, workers: int):
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(fn,))
+
+    def submit(self, chunk: list):
+        # Inputs travel packed too: a tensor slice would otherwise move its whole
+        # parent storage into shared memory and cost a file descriptor per task.
+        return self.pool.apply_async(_run_chunk, (pickle.dumps(_pack(chunk), protocol=5),))
+
+    def result(self, handle) -> tuple[list, float, int]:
+        payload, seconds, n_in = handle.get()
+        return _unpack(pickle.loads(payload)), seconds, n_in
+
+    def ready(self, handle) -> bool:
+        return handle.ready()
+
+    def wait_any(self, pending) -> None:
+        next(iter(pending)).wait(0.002)
+
+    def close(self) -> None:
+        # terminate() joins the pool's helper threads (~0.1 s); do not make the
+        # consumer wait for that at the end of every epoch.
+        threading.Thread(target=self.pool.terminate, daemon=True).start()

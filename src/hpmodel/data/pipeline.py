@@ -1,0 +1,462 @@
+"""The chainable :class:`Pipeline` and its sources ``from_tensors`` / ``from_dataset``.
+
+Pure Python orchestration over the stages in ``stages.py``, ``interleave.py``,
+``prefetch.py`` and ``cache.py``. A Pipeline is immutable: every method returns a new
+one. Iterating it once is one epoch. Its resumable position is ``(epoch, number of
+elements handed to the consumer)``; because order is a pure function of the seeds and
+the epoch, restoring that pair (``load_state_dict``) and skipping reproduces the rest of
+the epoch exactly, whatever the thread counts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from . import stages
+from .core import AUTOTUNE, Context, Node, Stats, check_positive, random_seed
+from .prefetch import DeviceNode, PrefetchNode
+from .sources import IndexSource, IterableSource, tensor_getter
+
+clock = time.perf_counter
+STATE_VERSION = 1
+
+
+class Pipeline:
+    """A chain of input stages; iterate it once per epoch.
+
+    Example::
+
+        pipe = from_tensors((x, y)).shuffle(1000, seed=0).batch(32).prefetch(AUTOTUNE)
+        for epoch in range(3):
+            pipe.set_epoch(epoch)
+            for xb, yb in pipe:
+                ...
+    """
+
+    def __init__(self, node: Node, cpu_budget: int | None = None):
+        self._node = node
+        self._cpu_budget = cpu_budget
+        for key, n in enumerate(self._chain()):
+            n.key = key
+        self._epoch = 0
+        self._position = 0
+        self._resume_at: int | None = None
+        self._stats = Stats()
+        self._live = 0  # id of the newest iterator; only it moves the position
+
+    # --- building ------------------------------------------------------------------
+    def _chain(self) -> list[Node]:
+        chain, node = [], self._node
+        while node is not None:
+            chain.append(node)
+            node = node.upstream
+        return chain[::-1]
+
+    def _then(self, node: Node) -> "Pipeline":
+        return Pipeline(node, self._cpu_budget)
+
+    def map(self, fn: Callable, num_parallel_calls: int | None = None,
+            deterministic: bool = True, use_processes: bool = False,
+            chunk_size: int | None = None) -> "Pipeline":
+        """Apply ``fn`` to every element, in ``num_parallel_calls`` threads (or processes).
+
+        Output order equals input order when ``deterministic`` (the default). Use
+        ``use_processes=True`` for pure-Python functions that hold the GIL; they then run
+        in a ``multiprocessing`` pool in chunks of ``chunk_size`` elements.
+
+        Example::
+
+            pipe = from_tensors((x, y)).map(lambda e: (e[0] * 2, e[1]), num_parallel_calls=4)
+        """
+        if num_parallel_calls is not None:
+            check_positive("num_parallel_calls", num_parallel_calls, allow_autotune=True)
+        return self._then(stages.MapNode(self._node, fn, num_parallel_calls, deterministic,
+                                         use_processes, chunk_size))
+
+    def filter(self, predicate: Callable[[Any], bool]) -> "Pipeline":
+        """Keep the elements for which ``predicate(element)`` is true.
+
+        Example::
+
+            evens = from_tensors(torch.arange(10)).filter(lambda v: int(v) % 2 == 0)
+        """
+        return self._then(stages.FilterNode(self._node, predicate))
+
+    def interleave(self, fn: Callable[[Any], Iterable] | None = None, cycle_length: int = 4,
+                   block_length: int = 1, num_parallel_calls: int | None = None,
+                   deterministic: bool = True) -> "Pipeline":
+        """Read ``cycle_length`` inputs at once, taking ``block_length`` elements from each.
+
+        On a ``from_shards`` pipeline, call it without ``fn`` to read shards concurrently;
+        otherwise ``fn(element)`` must return an iterable. ``num_parallel_calls`` threads
+        read ahead (AUTOTUNE also opens later inputs early to hide time-to-first-byte).
+
+        Example::
+
+            pipe = from_shards("data/*.shard").interleave(cycle_length=4, num_parallel_calls=AUTOTUNE)
+        """
+        from .interleave import interleave_pipeline
+
+        return interleave_pipeline(self, fn, cycle_length, block_length,
+                                   num_parallel_calls, deterministic)
+
+    def cache(self, filename: str | None = None) -> "Pipeline":
+        """Keep the elements of the first complete epoch, in memory or in ``filename``.
+
+        A file cache is written atomically at the end of a complete epoch and reused by
+        later runs (delete it to rebuild).
+
+        Example::
+
+            pipe = from_tensors(x).map(decode).cache("/tmp/decoded.cache").shuffle(1000, seed=0)
+        """
+        if filename is None:
+            return self._then(stages.MemoryCacheNode(self._node))
+        from .cache import FileCacheNode
+
+        return self._then(FileCacheNode(self._node, str(filename)))
+
+    def shuffle(self, buffer_size: int, seed: int | None = None,
+                reshuffle_each_iteration: bool = True) -> "Pipeline":
+        """Shuffle; order is a pure function of ``(seed, epoch)``.
+
+        Directly on an indexable source (tensors, a map-style Dataset, possibly followed
+        by maps) this is a full seeded permutation of the indices and ``buffer_size``
+        does not limit it; on streams it is a ``buffer_size`` shuffle buffer.
+
+        Example::
+
+            pipe = from_tensors((x, y)).shuffle(10_000, seed=0).batch(64)
+        """
+        check_positive("buffer_size", buffer_size)
+        seed = random_seed() if seed is None else int(seed)
+        chain = self._chain()
+        root = chain[0]
+        if (isinstance(root, IndexSource) and root.shuffle_seed is None and root.shard is None
+                and all(n.kind in ("map", "prefetch") for n in chain[1:])):
+            new_root = root.clone(None)
+            new_root.shuffle_seed, new_root.reshuffle = seed, reshuffle_each_iteration
+            return self._then(_rebuild([new_root] + chain[1:]))
+        return self._then(stages.ShuffleBufferNode(self._node, buffer_size, seed,
+                                                   reshuffle_each_iteration))
+
+    def batch(self, batch_size: int, drop_remainder: bool = False,
+              collate: Callable[[list], Any] | None = None) -> "Pipeline":
+        """Group consecutive elements into batches (``default_collate`` unless ``collate``).
+
+        Example::
+
+            for xb, yb in from_tensors((x, y)).batch(32, drop_remainder=True):
+                ...
+        """
+        check_positive("batch_size", batch_size)
+        return self._then(stages.BatchNode(self._node, batch_size, drop_remainder, collate))
+
+    def unbatch(self) -> "Pipeline":
+        """Split each batch back into elements.
+
+        Example::
+
+            rows = from_tensors(x).batch(8).unbatch()
+        """
+        return self._then(stages.UnbatchNode(self._node))
+
+    def repeat(self, count: int | None = None) -> "Pipeline":
+        """Repeat ``count`` times (forever when None); each pass reshuffles.
+
+        Example::
+
+            stream = from_tensors(x).shuffle(100, seed=0).repeat()
+        """
+        if count is not None and (not isinstance(count, int) or count < 0):
+            raise ValueError(f"repeat count must be None or a non-negative int, got {count!r}")
+        return self._then(stages.RepeatNode(self._node, count))
+
+    def take(self, count: int) -> "Pipeline":
+        """At most the first ``count`` elements.
+
+        Example::
+
+            calibration = pipe.take(100)
+        """
+        _check_count("take", count)
+        return self._then(stages.TakeNode(self._node, count))
+
+    def skip(self, count: int) -> "Pipeline":
+        """All elements but the first ``count``.
+
+        Example::
+
+            rest = pipe.skip(100)
+        """
+        _check_count("skip", count)
+        return self._then(stages.SkipNode(self._node, count))
+
+    def prefetch(self, buffer_size: int = AUTOTUNE) -> "Pipeline":
+        """Produce elements ahead of the consumer in a background thread.
+
+        Example::
+
+            pipe = from_tensors((x, y)).batch(64).prefetch(AUTOTUNE)
+        """
+        check_positive("buffer_size", buffer_size, allow_autotune=True)
+        return self._then(PrefetchNode(self._node, buffer_size))
+
+    def prefetch_to_device(self, device: str | torch.device, buffer_size: int = 2) -> "Pipeline":
+        """Copy batches to ``device`` ahead of time (pinned memory, side CUDA stream).
+
+        On a CPU device this passes batches through unchanged.
+
+        Example::
+
+            for xb, yb in from_tensors((x, y)).batch(256).prefetch_to_device("cuda"):
+                loss = model(xb).sum()
+        """
+        check_positive("buffer_size", buffer_size, allow_autotune=True)
+        return self._then(DeviceNode(self._node, torch.device(device), buffer_size))
+
+    def with_options(self, cpu_budget: int | None = None) -> "Pipeline":
+        """The same pipeline with AUTOTUNE limited to ``cpu_budget`` worker threads/processes.
+
+        Example::
+
+            pipe = pipe.with_options(cpu_budget=4)
+        """
+        if cpu_budget is not None:
+            check_positive("cpu_budget", cpu_budget)
+        return Pipeline(self._node, cpu_budget)
+
+    def shard(self, num_shards: int, index: int, mode: str = "element") -> "Pipeline":
+        """This rank's disjoint part; over all ranks every element appears once per epoch.
+
+        ``mode="element"``: elements dealt round-robin (as early in the chain as is
+        exact, so each rank only maps its own elements). ``mode="batch"``: each global
+        batch of B from the last ``batch`` stage is split into contiguous slices, rank r
+        getting elements ``[r*B/n, (r+1)*B/n)`` of the same global batch order.
+        ``mode="file"``: whole shard files dealt round-robin (``from_shards`` only).
+
+        Example::
+
+            local = pipe.shard(world_size, rank, mode="batch")
+        """
+        from .sharding import shard_pipeline
+
+        check_positive("num_shards", num_shards)
+        if not isinstance(index, int) or not 0 <= index < num_shards:
+            raise ValueError(f"shard index must be in [0, {num_shards}), got {index!r}: "
+                             "pass the rank of this process")
+        return self._then(shard_pipeline(self._chain(), num_shards, index, mode))
+
+    # --- iterating -----------------------------------------------------------------
+    def __iter__(self) -> Iterator:
+        skip = self._resume_at or 0
+        self._resume_at = None
+        budget = self._cpu_budget or Context().cpu_budget
+        autotuned = sum(1 for n in self._chain()
+                        if n.kind == "map" and n.num_parallel_calls == AUTOTUNE)
+        ctx = Context(epoch=self._epoch, stats=Stats(), cpu_budget=budget,
+                      cpu_share=max(1, budget // max(1, autotuned)))
+        self._stats = ctx.stats
+        self._live += 1
+        return self._consume(self._node.iterate(ctx, skip), ctx, skip, self._live)
+
+    def _consume(self, iterator: Iterator, ctx: Context, skip: int, token: int) -> Iterator:
+        stats, start = ctx.stats, clock()
+        if token == self._live:
+            self._position = skip
+        try:
+            while True:
+                t0 = clock()
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    break
+                t1 = clock()
+                stats.wait_seconds += t1 - t0
+                stats.elements += 1
+                stats.wall_seconds = t1 - start
+                if token == self._live:
+                    self._position += 1
+                yield item
+            stats.wall_seconds = clock() - start
+            if token == self._live and self._epoch == ctx.epoch:
+                self._epoch, self._position = ctx.epoch + 1, 0  # the epoch is complete
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()
+
+    def cardinality(self) -> int:
+        """Number of elements per epoch; -1 if infinite, -2 if unknown.
+
+        Example::
+
+            from_tensors(torch.zeros(10)).batch(4).cardinality()  # 3
+        """
+        return self._node.cardinality()
+
+    def __len__(self) -> int:
+        n = self.cardinality()
+        if n < 0:
+            raise TypeError("this pipeline's length is unknown or infinite "
+                            "(a filter, a stream source or repeat()): use cardinality()")
+        return n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate epoch ``epoch`` next (shuffles depend on it); keeps a restored position.
+
+        Example::
+
+            pipe.set_epoch(3); first = next(iter(pipe))
+        """
+        if epoch != self._epoch:
+            self._epoch, self._position, self._resume_at = int(epoch), 0, None
+
+    def state_dict(self) -> dict:
+        """Plain-data position: epoch, elements consumed, shuffle seeds, stage kinds.
+
+        Example::
+
+            torch.save({"data": pipe.state_dict()}, "ckpt.pt")  # loads with weights_only=True
+        """
+        return {"version": STATE_VERSION, "epoch": self._epoch, "position": self._position,
+                "seeds": [s for s in (_seed_of(n) for n in self._chain()) if s is not None],
+                "stages": [n.kind for n in self._chain()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``: the next iteration yields exactly the rest of that epoch.
+
+        Example::
+
+            pipe.load_state_dict(torch.load("ckpt.pt", weights_only=True)["data"])
+        """
+        kinds = [n.kind for n in self._chain()]
+        if state.get("version") != STATE_VERSION or list(state.get("stages", [])) != kinds:
+            raise ValueError(f"data state was saved from a different pipeline "
+                             f"({state.get('stages')} vs {kinds}): rebuild the same pipeline "
+                             "before load_state_dict")
+        chain, seeds = self._chain(), list(state["seeds"])
+        if len(seeds) != sum(_seed_of(n) is not None for n in chain):
+            raise ValueError("data state has a different number of shuffle seeds than this "
+                             "pipeline: rebuild the same pipeline before load_state_dict")
+        new = [n.clone(None) if _seed_of(n) is not None else n for n in chain]
+        for n in new:
+            if _seed_of(n) is not None:
+                _set_seed(n, int(seeds.pop(0)))
+        self._node = _rebuild(new)
+        self._epoch, self._position = int(state["epoch"]), int(state["position"])
+        self._resume_at = self._position
+
+    def stats(self) -> dict:
+        """Latest iteration's time per stage and input-bound fraction (consumer wait / wall).
+
+        Example::
+
+            print(pipe.stats()["input_bound_fraction"])
+        """
+        report = self._stats.report()
+        report.update(epoch=self._epoch, position=self._position)
+        return report
+
+    def __repr__(self) -> str:
+        return "Pipeline(" + " -> ".join(n.kind for n in self._chain()) + ")"
+
+
+def _seed_of(node: Node) -> int | None:
+    if isinstance(node, IndexSource):
+        return node.shuffle_seed
+    if isinstance(node, stages.ShuffleBufferNode):
+        return node.seed
+    return None
+
+
+def _set_seed(node: Node, seed: int) -> None:
+    if isinstance(node, IndexSource):
+        node.shuffle_seed = seed
+    else:
+        node.seed = seed
+
+
+def _rebuild(chain: list[Node]) -> Node:
+    """Re-link ``chain`` (root first), cloning every node above a replaced one."""
+    node = chain[0]
+    for n in chain[1:]:
+        node = n if n.upstream is node else n.clone(node)
+    return node
+
+
+def _check_count(name: str, count: int) -> None:
+    if not isinstance(count, int) or count < 0:
+        raise ValueError(f"{name} count must be a non-negative int, got {count!r}")
+
+
+def _as_tensor(t: Any, what: str) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t
+    if isinstance(t, np.ndarray):
+        return torch.from_numpy(t)
+    try:
+        return torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"from_tensors could not convert {what} to a tensor ({err}): "
+                         "pass tensors, numpy arrays or nested lists of numbers") from None
+
+
+def from_tensors(tensors: Any) -> Pipeline:
+    """Slice tensors along their first dimension, like ``from_tensor_slices``.
+
+    A tuple gives tuple elements, a dict dict elements, a single tensor tensor elements.
+
+    Example::
+
+        pipe = from_tensors((torch.randn(100, 8), torch.arange(100)))
+        x0, y0 = next(iter(pipe))
+    """
+    if isinstance(tensors, dict):
+        keys = list(tensors)
+        values = tuple(_as_tensor(tensors[k], repr(k)) for k in keys)
+        tuple_get = tensor_getter(values)
+        getter = lambda i: dict(zip(keys, tuple_get(i)))  # noqa: E731
+    elif isinstance(tensors, (tuple, list)):
+        values = tuple(_as_tensor(t, f"item {i}") for i, t in enumerate(tensors))
+        getter = tensor_getter(values)
+    else:
+        values = (_as_tensor(tensors, "the input"),)
+        only = values[0]
+        getter = only.__getitem__
+    if not values or any(v.dim() == 0 for v in values):
+        raise ValueError("from_tensors needs tensors with a first dimension to slice: "
+                         "pass e.g. (x, y) with x.shape[0] == y.shape[0]")
+    lengths = {int(v.shape[0]) for v in values}
+    if len(lengths) != 1:
+        raise ValueError(f"from_tensors got first dimensions {sorted(lengths)}: "
+                         "all tensors must have the same number of rows")
+    return Pipeline(IndexSource(getter, lengths.pop(), "tensors"))
+
+
+def from_dataset(dataset: Any) -> Pipeline:
+    """Wrap a map-style torch ``Dataset`` (indexable), an iterable, or a function returning one.
+
+    Example::
+
+        pipe = from_dataset(torchvision_dataset).map(to_tensor, num_parallel_calls=4)
+        stream = from_dataset(lambda: read_lines("log.txt"))
+    """
+    from torch.utils.data import IterableDataset
+
+    if callable(dataset) and not hasattr(dataset, "__iter__") and not hasattr(dataset, "__getitem__"):
+        return Pipeline(IterableSource(dataset, type(dataset).__name__))
+    if (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+            and not isinstance(dataset, IterableDataset)):
+        return Pipeline(IndexSource(dataset.__getitem__, len(dataset), type(dataset).__name__))
+    if iter(dataset) is dataset if hasattr(dataset, "__iter__") else False:
+        raise ValueError("from_dataset got a one-shot iterator that cannot be re-read each "
+                         "epoch: pass an iterable or a function returning a fresh iterator")
+    if hasattr(dataset, "__iter__"):
+        length = len(dataset) if hasattr(dataset, "__len__") else -2
+        return Pipeline(IterableSource(lambda: dataset, type(dataset).__name__, length))
+    raise ValueError(f"from_dataset cannot read a {type(dataset).__name__}: pass a torch "
+                     "Dataset, an iterable, or a function returning an iterator")

@@ -1,0 +1,247 @@
+"""The hpmodel shard format and WebDataset .tar shards: reading and writing.
+
+Storage goes through ``fsspec`` (local paths, ``file://``, ``memory://``, ``s3://``,
+``gs://``... whatever fsspec has a filesystem for); checksums are ``zlib.crc32``; tar
+shards are read with the standard library's ``tarfile`` in streaming mode. Shards are
+read front to back in large blocks, never seeking except to start a resume.
+
+Layout of a ``.shard`` file (little-endian; see docs/data.md)::
+
+    b"HPSHARD1"                                   magic, 8 bytes
+    { u32 length | u32 crc32(payload) | payload } one per record (payload: records.py)
+    u32 0xFFFFFFFF                                end of records
+    u64 offset[count]                             byte offset of each record header
+    u64 count | u32 crc32(offsets) | b"HPINDEX1"  trailer, 20 bytes
+"""
+
+from __future__ import annotations
+
+import struct
+import tarfile
+import zlib
+from typing import Any, Iterator
+
+import fsspec
+
+from .core import CorruptRecordError
+from .records import decode_element, encode_element
+
+MAGIC = b"HPSHARD1"
+INDEX_MAGIC = b"HPINDEX1"
+END_OF_RECORDS = 0xFFFFFFFF
+TRAILER = struct.Struct("<QI8s")
+HEADER = struct.Struct("<II")
+BLOCK_SIZE = 4 << 20  # sequential reads in 4 MiB blocks
+
+
+class ShardWriter:
+    """Write records to one shard (through fsspec), atomically on :meth:`close`.
+
+    Example::
+
+        with ShardWriter("memory://data/a.shard") as w:
+            w.write((torch.zeros(3), 1))
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        self.tmp = self.path + ".tmp"
+        parent = self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        self.file = self.fs.open(self.tmp, "wb")
+        self.file.write(MAGIC)
+        self.offsets: list[int] = []
+        self.pos = len(MAGIC)
+
+    def write(self, element: Any) -> None:
+        """Append one element as a record."""
+        self.write_payload(encode_element(element))
+
+    def write_payload(self, payload: bytes) -> None:
+        """Append already-encoded record bytes."""
+        self.offsets.append(self.pos)
+        self.file.write(HEADER.pack(len(payload), zlib.crc32(payload)))
+        self.file.write(payload)
+        self.pos += HEADER.size + len(payload)
+
+    def close(self) -> str:
+        """Write the index, then rename the temporary file into place; returns the URL."""
+        index = struct.pack(f"<{len(self.offsets)}Q", *self.offsets)
+        self.file.write(struct.pack("<I", END_OF_RECORDS) + index)
+        self.file.write(TRAILER.pack(len(self.offsets), zlib.crc32(index), INDEX_MAGIC))
+        self.file.close()
+        self.fs.mv(self.tmp, self.path)
+        return self.url
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        self.file.close()
+        if self.fs.exists(self.tmp):
+            self.fs.rm(self.tmp)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_index(url: str) -> list[int]:
+    """Byte offsets of every record of a ``.shard`` file (reads only its tail).
+
+    Example::
+
+        n_records = len(read_index("data/train-00000.shard"))
+    """
+    try:
+        f = fsspec.open(url, "rb").open()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard '{url}' does not exist: check data.shards") from None
+    with f:
+        size = f.seek(0, 2)
+        if size < len(MAGIC) + TRAILER.size:
+            raise CorruptRecordError(f"shard '{url}' is truncated ({size} bytes): rewrite it "
+                                     "with 'hpmodel data write'")
+        f.seek(size - TRAILER.size)
+        count, crc, magic = TRAILER.unpack(f.read(TRAILER.size))
+        start = size - TRAILER.size - 8 * count
+        if magic != INDEX_MAGIC or start < len(MAGIC):
+            raise CorruptRecordError(f"shard '{url}' has no valid index at byte offset "
+                                     f"{size - TRAILER.size}: rewrite it with 'hpmodel data write'")
+        f.seek(start)
+        raw = f.read(8 * count)
+    if zlib.crc32(raw) != crc:
+        raise CorruptRecordError(f"index of shard '{url}' at byte offset {start} fails its "
+                                 "checksum: rewrite the shard with 'hpmodel data write'")
+    return list(struct.unpack(f"<{count}Q", raw))
+
+
+def count_records(url: str) -> int | None:
+    """Records in a shard from its index; None for formats without one (.tar)."""
+    return None if is_tar(url) else len(read_index(url))
+
+
+def is_tar(url: str) -> bool:
+    """Whether ``url`` names a WebDataset tar shard."""
+    return url.endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def read_shard(url: str, start: int = 0, ignore_errors: bool = False,
+               on_skip=None) -> Iterator[Any]:
+    """Decoded elements of one shard (``.shard`` or WebDataset ``.tar``), from record ``start``.
+
+    A record failing its checksum raises :class:`CorruptRecordError` naming shard and
+    byte offset, or with ``ignore_errors`` is skipped and reported to ``on_skip(n)``.
+
+    Example::
+
+        for x, y in read_shard("memory://data/a.shard"):
+            ...
+    """
+    if is_tar(url):
+        return _drop(read_tar(url, ignore_errors, on_skip), start)
+    return _read_records(url, start, ignore_errors, on_skip or (lambda n: None))
+
+
+def _drop(iterator: Iterator, n: int) -> Iterator:
+    for i, item in enumerate(iterator):
+        if i >= n:
+            yield item
+
+
+def _read_records(url: str, start: int, ignore_errors: bool, on_skip) -> Iterator[Any]:
+    offset = len(MAGIC)
+    if start:
+        offsets = read_index(url)
+        if start >= len(offsets):
+            return
+        offset = offsets[start]
+    with fsspec.open(url, "rb", block_size=BLOCK_SIZE) as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise CorruptRecordError(f"'{url}' is not an hpmodel shard (bad magic at byte "
+                                     "offset 0): write shards with 'hpmodel data write'")
+        f.seek(offset)
+        while True:
+            head = f.read(4)
+            if len(head) == 4 and struct.unpack("<I", head)[0] == END_OF_RECORDS:
+                return
+            head += f.read(4)
+            payload = None
+            if len(head) == HEADER.size:
+                length, crc = HEADER.unpack(head)
+                payload = f.read(length)
+                if len(payload) < length:
+                    payload = None
+            if payload is None:  # a broken length or a cut-off file: cannot go on
+                _fail(url, offset, "the shard is truncated or its record length is corrupt",
+                      ignore_errors, on_skip)
+                return
+            if zlib.crc32(payload) != crc:
+                _fail(url, offset, "checksum mismatch", ignore_errors, on_skip)
+            else:
+                yield _decode(payload, url, offset)
+            offset += HEADER.size + length
+
+
+def _fail(url: str, offset: int, what: str, ignore_errors: bool, on_skip) -> None:
+    if not ignore_errors:
+        raise CorruptRecordError(f"corrupt record in shard '{url}' at byte offset {offset}: "
+                                 f"{what}; rewrite the shard or pass ignore_errors=True to "
+                                 "skip bad records")
+    on_skip(1)
+
+
+def _decode(payload: bytes, url: str, offset: int) -> Any:
+    try:
+        return decode_element(payload)
+    except (ValueError, IndexError, struct.error, RuntimeError) as err:
+        raise CorruptRecordError(f"record in shard '{url}' at byte offset {offset} passes "
+                                 f"its checksum but cannot be decoded ({err}): it was "
+                                 "written by another tool or version") from None
+
+
+def read_tar(url: str, ignore_errors: bool = False, on_skip=None) -> Iterator[dict]:
+    """WebDataset samples of a tar shard: dicts ``{"__key__": key, ext: bytes, ...}``.
+
+    Files sharing a key (the name up to the first dot of its last path part) form one
+    sample, e.g. ``000017.jpg`` and ``000017.cls``.
+
+    Example::
+
+        for sample in read_tar("shards/train-000000.tar"):
+            image_bytes, label = sample["jpg"], int(sample["cls"])
+    """
+    sample: dict = {}
+    offset = 0
+    try:
+        with fsspec.open(url, "rb", block_size=BLOCK_SIZE) as f, \
+                tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                offset = member.offset
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                sample["__key__"] = key
+                sample[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        if not ignore_errors:
+            raise CorruptRecordError(f"corrupt tar shard '{url}' near byte offset {offset} "
+                                     f"({err}); rewrite the shard or pass ignore_errors=True "
+                                     "to skip the rest of it") from None
+        if on_skip:
+            on_skip(1)
+        return
+    if sample:
+        yield sample
