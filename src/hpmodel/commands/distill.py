@@ -19,11 +19,11 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from hpmodel.compress.distill_run import distill_from_config, load_distill_config
-    from hpmodel.report import print_rows
+    from hpmodel.compress.distill_report import markdown_table
 
     cfg, dcfg = load_distill_config(args.config, overrides_from_args(args))
     summary = distill_from_config(cfg, dcfg, args.teacher, args.out)
-    print_rows(summary["report"], title=f"hpmodel distill → {args.out}")
+    print(f"hpmodel distill → {args.out}\n\n{markdown_table(summary['report'])}\n")  # as in report.md
     gap = summary.get("gap_recovered")
     if gap is not None:
         print(f"gap recovered: {gap:.1%} of the teacher−student gap")
