@@ -224,13 +224,16 @@ class Trainer:
         total = sum(len(batch[-1]) for batch in group)
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         for index, batch in enumerate(group):
-            x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+            tensors = [t.to(device, non_blocking=True) for t in batch]
+            x, y = tensors[:2]
             last = index == len(group) - 1
             sync = contextlib.nullcontext() if last else state.strategy.no_sync(state.model)
             with sync:
                 with autocast(self.precision, device):
                     logits = state.model(x)
-                    loss = self.loss_fn(logits, y)
+                    # A loss with ``wants_batch`` also reads the batch's other tensors (distillation).
+                    loss = (self.loss_fn(logits, y, tensors) if getattr(self.loss_fn, "wants_batch", False)
+                            else self.loss_fn(logits, y))
                 scaled = loss * (len(y) / total)
                 if state.scaler is not None:
                     scaled = state.scaler.scale(scaled)
