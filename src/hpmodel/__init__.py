@@ -13,10 +13,10 @@ Example::
 
 from hpmodel.errors import ConfigError, HpmodelError
 from hpmodel.strategies import available_strategies, get_strategy
-from hpmodel.train import Callback, EarlyStopping, Trainer
+from hpmodel.train import BackupAndRestore, Callback, EarlyStopping, Trainer
 
 __version__ = "0.1.0"
 AUTOTUNE = -1  # let the input pipeline choose parallelism and buffer sizes at run time
 
-__all__ = ["AUTOTUNE", "Callback", "ConfigError", "EarlyStopping", "HpmodelError", "Trainer",
+__all__ = ["AUTOTUNE", "BackupAndRestore", "Callback", "ConfigError", "EarlyStopping", "HpmodelError", "Trainer",
            "__version__", "available_strategies", "get_strategy"]

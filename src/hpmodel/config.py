@@ -89,6 +89,7 @@ class BackupConfig:
     every_steps: int = 0
     every_epoch: bool = True
     keep: bool = False
+    asynchronous: bool = False  # write model + optimizer in a background thread (dcp.async_save)
 
 
 @dataclass

@@ -18,6 +18,8 @@ from hpmodel.config import RunConfig, load_config, to_toml
 from hpmodel.datasets import load_splits
 from hpmodel.models import build_model, count_parameters
 from hpmodel.strategies import get_strategy
+from hpmodel.train.backup import BackupAndRestore, config_fingerprint
+from hpmodel.train.backup_format import step_folders
 from hpmodel.train.callbacks import MetricsLogger
 from hpmodel.train.optim import optimizer_factory, schedule_factory
 from hpmodel.train.run_dir import atomic_write_bytes, load_weights, read_json, save_weights, write_json
@@ -54,7 +56,8 @@ def train_from_config(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     strategy = build_strategy(cfg)
     atomic_write_bytes(out_dir / "config.toml", to_toml(cfg).encode())
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if not (cfg.backup.dir and step_folders(cfg.backup.dir)):  # a resumed run keeps its metrics
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     summary = strategy.launch(train_worker, cfg, str(out_dir), strategy)
     return summary
 
@@ -65,6 +68,11 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
     splits = load_splits(cfg.data, cfg.seed)
     factory = ModelFactory(cfg, splits.input_shape, splits.num_classes)
     callbacks = [MetricsLogger(out_dir)]
+    if cfg.backup.dir:
+        callbacks.append(BackupAndRestore(cfg.backup.dir, every_steps=cfg.backup.every_steps,
+                                          every_epoch=cfg.backup.every_epoch, keep=cfg.backup.keep,
+                                          asynchronous=cfg.backup.asynchronous,
+                                          fingerprint=config_fingerprint(cfg)))
     trainer = build_trainer(cfg, strategy, callbacks)
     result = trainer.fit_in_process(factory, optimizer_factory(cfg.optimizer), splits.train,
                                     cfg.train.epochs, splits.val)

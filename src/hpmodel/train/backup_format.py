@@ -1,0 +1,178 @@
+"""The on-disk format of a backup: one folder per step, a JSON manifest with checksums.
+
+Layout of ``DIR/step-000000012/``::
+
+    __0_0.distcp, .metadata     model + optimizer, written by torch.distributed.checkpoint
+    trainer.json                counters, history, LR schedule, grad scaler (rank 0)
+    rank-0.safetensors/.json    that rank's random-number streams and data position
+    manifest.json               sha256 of every file above, fingerprint; written LAST
+
+A folder without a manifest is an interrupted write; a file whose sha256 differs from the
+manifest is corrupt. Either way the previous backup is used. Nothing here unpickles code:
+tensors are safetensors, the rest JSON, and DCP's pickled ``.metadata`` is read with
+torch's weights-only unpickler after its checksum matched.
+
+Example::
+
+    write_manifest(folder, fingerprint={"model": {...}}, info={"global_step": 12})
+    path, problems = find_backup("ckpt/")   # newest folder whose manifest verifies
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpmodel.errors import HpmodelError
+from hpmodel.train.run_dir import atomic_write_bytes, write_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FOLDER = re.compile(r"^step-(\d+)$")
+
+
+def folder_name(global_step: int) -> str:
+    return f"step-{global_step:09d}"
+
+
+def step_folders(root: str | Path) -> list[Path]:
+    """Backup folders under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.iterdir() if p.is_dir() and FOLDER.match(p.name)]
+    return sorted(folders, key=lambda p: int(FOLDER.match(p.name).group(1)), reverse=True)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, fingerprint: dict, info: dict) -> None:
+    """Checksum every file in ``folder`` and write ``manifest.json`` atomically, last."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST
+                   and not p.name.startswith("."))
+    files += [p for p in folder.iterdir() if p.name == ".metadata"]  # DCP's index
+    for path in files:  # the data must be on disk before the manifest says it is
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    manifest = {"format": FORMAT_VERSION, "fingerprint": fingerprint, **info,
+                "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}}
+    write_json(folder / MANIFEST, manifest)
+
+
+def verify(folder: Path) -> dict:
+    """The manifest of ``folder`` if every file matches it; else raise ValueError(reason)."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ValueError("no manifest (the write was interrupted)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError("manifest.json is not valid JSON") from None
+    for name, entry in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{name} is missing")
+        if path.stat().st_size != entry["bytes"]:
+            raise ValueError(f"{name} is truncated ({path.stat().st_size} of {entry['bytes']} bytes)")
+        if sha256(path) != entry["sha256"]:
+            raise ValueError(f"{name} is corrupt (sha256 differs from the manifest)")
+    return manifest
+
+
+def find_backup(root: str | Path) -> tuple[Path | None, dict, list[str]]:
+    """The newest backup under ``root`` that verifies, its manifest, and one line per newer
+    backup skipped (why)."""
+    problems = []
+    for folder in step_folders(root):
+        try:
+            return folder, verify(folder), problems
+        except (ValueError, OSError, KeyError, TypeError) as error:
+            problems.append(f"backup '{folder}' skipped: {error}; trying the previous one")
+    return None, {}, problems
+
+
+def prune(root: str | Path, keep_last: int = 2) -> None:
+    """Remove all but the ``keep_last`` newest complete backups, and any older partial ones."""
+    complete = 0
+    for folder in step_folders(root):
+        if complete >= keep_last:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif (folder / MANIFEST).is_file():
+            complete += 1
+
+
+def fingerprint_mismatch(stored: dict, current: dict) -> list[str]:
+    """Names of the fingerprint entries that differ, e.g. ``['config.model.width']``."""
+    differences = []
+    for part in sorted(set(stored) | set(current)):
+        old, new = stored.get(part), current.get(part)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += [f"{part}.{key}" for key in sorted(set(old) | set(new))
+                            if old.get(key) != new.get(key)]
+        elif old != new:
+            differences.append(part)
+    return differences
+
+
+# -- nested state ↔ safetensors + JSON ------------------------------------------------------
+def save_nested(folder: Path, stem: str, state: Any) -> None:
+    """Write ``state`` (dicts/lists of tensors and plain data) as STEM.safetensors + STEM.json."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def strip(value: Any, key: str) -> Any:
+        if torch.is_tensor(value):
+            tensors[key] = value.detach().cpu().contiguous().clone()
+            return {"__tensor__": key}
+        if isinstance(value, dict):
+            return {"__dict__": [[strip(k, f"{key}/k{i}"), strip(v, f"{key}/{i}")]
+                                 for i, (k, v) in enumerate(value.items())]}
+        if isinstance(value, (list, tuple)):
+            return {"__list__": [strip(v, f"{key}/{i}") for i, v in enumerate(value)],
+                    "tuple": isinstance(value, tuple)}
+        return value
+
+    skeleton = strip(state, "s")
+    atomic_write_bytes(folder / f"{stem}.safetensors", save(tensors))
+    atomic_write_bytes(folder / f"{stem}.json", json.dumps(skeleton).encode())
+
+
+def load_nested(folder: Path, stem: str) -> Any:
+    """The inverse of :func:`save_nested`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / f"{stem}.safetensors"))
+
+    def build(value: Any) -> Any:
+        if isinstance(value, dict) and "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if isinstance(value, dict) and "__dict__" in value:
+            return {build(k): build(v) for k, v in value["__dict__"]}
+        if isinstance(value, dict) and "__list__" in value:
+            items = [build(v) for v in value["__list__"]]
+            return tuple(items) if value.get("tuple") else items
+        return value
+
+    return build(json.loads((folder / f"{stem}.json").read_text()))
+
+
+def check_world_size(manifest: dict, world_size: int, folder: Path) -> None:
+    saved = int(manifest.get("world_size", 1))
+    if saved != world_size:
+        raise HpmodelError(f"backup '{folder}' was written by {saved} process(es) and this run has "
+                           f"{world_size}: resume with the same strategy and devices, or use a new "
+                           "backup.dir")
