@@ -80,6 +80,7 @@ class TrainConfig:
     log_every_steps: int = 10
     recompute: str = "none"  # none | all | every-2 | every-k
     offload_activations: bool = False
+    inject_kill: list = field(default_factory=list)  # [rank, step]: SIGKILL once (chaos testing)
     progress: bool = True
 
 

@@ -59,6 +59,7 @@ class BackupAndRestore(Callback):
         self.pending: tuple[Any, threading.Thread | None] | None = None
         self.error: BaseException | None = None
         self.restored_from: Path | None = None
+        self.restored_step: int | None = None  # the optimizer step the run resumed after
         self.saves = 0
 
     # -- hooks ------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ class BackupAndRestore(Callback):
         mine = load_nested(folder, f"rank-{state.strategy.rank}")
         state.train_data.load_state_dict(mine["data"])
         set_rng_state(mine["rng"])  # last: loading must not move any stream
-        self.restored_from = folder
+        self.restored_from, self.restored_step = folder, state.global_step
         if state.strategy.is_main:
             print(f"hpmodel: resumed from backup '{folder}' (epoch {state.epoch + 1}, "
                   f"step {state.global_step})", file=sys.stderr, flush=True)

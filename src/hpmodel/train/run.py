@@ -21,6 +21,7 @@ from hpmodel.strategies import get_strategy
 from hpmodel.train.backup import BackupAndRestore, config_fingerprint
 from hpmodel.train.backup_format import step_folders
 from hpmodel.train.callbacks import MetricsLogger
+from hpmodel.train.faults import KillOnce, restart_count
 from hpmodel.train.optim import optimizer_factory, schedule_factory
 from hpmodel.train.run_dir import atomic_write_bytes, load_weights, read_json, save_weights, write_json
 from hpmodel.train.trainer import Trainer
@@ -73,6 +74,9 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
                                           every_epoch=cfg.backup.every_epoch, keep=cfg.backup.keep,
                                           asynchronous=cfg.backup.asynchronous,
                                           fingerprint=config_fingerprint(cfg)))
+    if cfg.train.inject_kill:
+        rank, step = cfg.train.inject_kill
+        callbacks.append(KillOnce(int(rank), int(step)))
     trainer = build_trainer(cfg, strategy, callbacks)
     result = trainer.fit_in_process(factory, optimizer_factory(cfg.optimizer), splits.train,
                                     cfg.train.epochs, splits.val)
@@ -81,6 +85,11 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
                "test_examples": test["examples"], "strategy": strategy.describe(),
                "parameters": count_parameters(factory()), "precision": cfg.train.precision,
                "total_seconds": time.perf_counter() - started, "history": result.history}
+    backup = next((cb for cb in callbacks if isinstance(cb, BackupAndRestore)), None)
+    summary["restarts"] = restart_count()
+    if backup is not None and backup.restored_from is not None:
+        summary["resumed_from"] = str(backup.restored_from)
+        summary["resumed_at_step"] = backup.restored_step
     if strategy.is_main:
         save_weights(Path(out_dir) / "model.safetensors", result.state_dict,
                      metadata={"model": cfg.model.name, "hpmodel": "1"})
