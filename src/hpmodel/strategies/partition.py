@@ -53,23 +53,16 @@ def profile_blocks(blocks: Sequence[nn.Module], sample: torch.Tensor, *, repeats
                    warmup: int = 1) -> list[BlockCost]:
     """Measure each block's forward+backward seconds and memory on ``sample`` (a micro-batch).
 
-    Gradients the profiling leaves behind are cleared. Example::
+    The blocks are timed in turn, round after round, and each keeps its median: a burst of
+    load on a shared machine then hits every block alike instead of one. Gradients the
+    profiling leaves behind are cleared. Example::
 
         costs = profile_blocks(list(model), torch.randn(16, 64))
     """
-    costs: list[BlockCost] = []
-    x = sample
     device = sample.device
-    for block in blocks:
-        for _ in range(warmup):
-            _forward_backward(block, x)
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            _forward_backward(block, x)
-            _sync(device)
-            times.append(time.perf_counter() - start)
+    inputs, saved_bytes, x = [], [], sample
+    for block in blocks:  # each block's input is the previous block's output
+        inputs.append(x)
         saved = [0]
 
         def count(tensor: torch.Tensor) -> torch.Tensor:
@@ -77,13 +70,22 @@ def profile_blocks(blocks: Sequence[nn.Module], sample: torch.Tensor, *, repeats
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-            out = block(x.detach().requires_grad_(x.is_floating_point()))
-        parameter_bytes = sum(p.numel() * p.element_size() for p in block.parameters())
-        costs.append(BlockCost(statistics.median(times), parameter_bytes, saved[0]))
-        x = out.detach()
+            x = block(x.detach().requires_grad_(x.is_floating_point()))
+        saved_bytes.append(saved[0])
+        x = x.detach()
+    times: list[list[float]] = [[] for _ in blocks]
+    for round_index in range(warmup + repeats):
+        for index, block in enumerate(blocks):
+            _sync(device)
+            start = time.perf_counter()
+            _forward_backward(block, inputs[index])
+            _sync(device)
+            if round_index >= warmup:
+                times[index].append(time.perf_counter() - start)
     for block in blocks:
         block.zero_grad(set_to_none=True)
-    return costs
+    return [BlockCost(statistics.median(seconds), sum(p.numel() * p.element_size() for p in block.parameters()),
+                      saved) for block, seconds, saved in zip(blocks, times, saved_bytes)]
 
 
 def balance(costs: Sequence[float], stages: int) -> list[int]:

@@ -159,7 +159,7 @@ class Pipeline(ProcessGroupStrategy):
 
     def setup(self, model: nn.Module, optimizer=None):
         named = named_blocks(model)
-        stage_group, _ = self._groups()
+        check_splittable(len(named), self.num_stages)
         bounds = self.plan([block for _, block in named])
         tied = shared_parameters_across([block for _, block in named], bounds)
         if tied:
@@ -169,8 +169,11 @@ class Pipeline(ProcessGroupStrategy):
         start, stop = bounds[self.stage_index], bounds[self.stage_index + 1]
         module = nn.Sequential(OrderedDict(named[start:stop])).to(self.device)
         wrapped = PipelineModule(module, self.stage_index, bounds)
-        self._stage_group = stage_group
-        return wrapped, build_optimizer(optimizer, module)
+        self._stage_group, _ = self._groups()
+        # A stage of parameter-free blocks (Flatten, Reshape) still gets an optimizer, since the
+        # Trainer steps every process's optimizer: one holding an empty placeholder.
+        holder = module if any(True for _ in module.parameters()) else _EmptyParameters(self.device)
+        return wrapped, build_optimizer(optimizer, holder)
 
     def plan(self, blocks: list[nn.Module]) -> list[int]:
         """Stage boundaries: user split points, else balanced on profiled time (rank 0 decides)."""
@@ -296,6 +299,12 @@ class Pipeline(ProcessGroupStrategy):
         for part in parts:
             full.update(part)
         return full
+
+
+class _EmptyParameters(nn.Module):
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.placeholder = nn.Parameter(torch.zeros(0, device=device))
 
 
 def named_blocks(model: Any) -> list[tuple[str, nn.Module]]:
