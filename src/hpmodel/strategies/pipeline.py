@@ -205,6 +205,17 @@ class Pipeline(ProcessGroupStrategy):
                 block.to(home)
         return costs
 
+    def set_schedule(self, schedule: str, microbatches: int) -> None:
+        """Switch schedule and M for the next steps (benchmarks sweep them on one setup).
+
+        Example::
+
+            strategy.set_schedule("gpipe", 8)
+        """
+        self.config.schedule, self.config.microbatches = schedule, microbatches
+        self.config.validate()
+        self._schedules.clear()
+
     # -- the step -------------------------------------------------------------------------
     def run_micro_batches(self, model: PipelineModule, group: list, loss_fn: Callable, *,
                           train: bool = True, scaler=None,
