@@ -22,6 +22,7 @@ from hpmodel.train.backup import BackupAndRestore, config_fingerprint
 from hpmodel.train.backup_format import step_folders
 from hpmodel.train.callbacks import MetricsLogger
 from hpmodel.train.faults import KillOnce, restart_count
+from hpmodel.train.memory import recompute_transform
 from hpmodel.train.optim import optimizer_factory, schedule_factory
 from hpmodel.train.run_dir import atomic_write_bytes, load_weights, read_json, save_weights, write_json
 from hpmodel.train.trainer import Trainer
@@ -38,7 +39,9 @@ def build_trainer(cfg: RunConfig, strategy, callbacks=()) -> Trainer:
                    batch_size=cfg.data.batch_size, log_every_steps=cfg.train.log_every_steps,
                    progress=cfg.train.progress, max_steps=cfg.train.max_steps,
                    early_stopping_patience=cfg.train.early_stopping_patience,
-                   schedule=schedule_factory(cfg.schedule))
+                   schedule=schedule_factory(cfg.schedule),
+                   model_transform=recompute_transform(cfg.train.recompute),
+                   offload_activations=cfg.train.offload_activations)
 
 
 class ModelFactory:

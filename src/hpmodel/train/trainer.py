@@ -28,6 +28,7 @@ from hpmodel.errors import HpmodelError
 from hpmodel.strategies import OneDevice
 from hpmodel.train.batches import TensorBatches
 from hpmodel.train.callbacks import CallbackList, EarlyStopping, ProgressBar, Timer
+from hpmodel.train.memory import offload_activations
 from hpmodel.train.precision import autocast, grad_scaler
 from hpmodel.train.seeding import seed_everything
 from hpmodel.train.state import TrainState
@@ -56,7 +57,8 @@ class Trainer:
                  clip_grad_norm: float = 0.0, callbacks=(), seed: int = 0, batch_size: int = 64,
                  loss_fn: Callable | None = None, log_every_steps: int = 10,
                  progress: bool = True, max_steps: int = 0, early_stopping_patience: int = 0,
-                 schedule: Callable | None = None, model_transform: Callable | None = None):
+                 schedule: Callable | None = None, model_transform: Callable | None = None,
+                 offload_activations: bool = False):
         if grad_accum < 1:
             raise HpmodelError(f"grad_accum = {grad_accum} must be at least 1")
         self.strategy = strategy if strategy is not None else OneDevice()
@@ -73,6 +75,7 @@ class Trainer:
         self.early_stopping_patience = early_stopping_patience
         self.schedule = schedule  # f(optimizer, total_steps) -> LR scheduler
         self.model_transform = model_transform  # f(model) -> model, before the strategy wraps it
+        self.offload_activations = offload_activations  # keep saved activations in host memory
 
     # -- public verbs ---------------------------------------------------------------------
     def fit(self, model, optimizer, data, *, epochs: int = 1, val_data=None) -> FitResult:
@@ -140,6 +143,9 @@ class Trainer:
         model = model() if callable(model) and not isinstance(model, nn.Module) else model
         if self.model_transform is not None:
             model = self.model_transform(model)
+        profile = getattr(self.strategy, "set_sample_batch", None)
+        if profile is not None and not hasattr(data, "shard"):  # e.g. a pipeline times its blocks
+            profile(next(iter(self.as_batches(data, shuffle=False))))
         model, optimizer = self.strategy.setup(model, optimizer)
         model._hpmodel_setup = True
         train_data = self.strategy.distribute(self.as_batches(data, shuffle=True))
@@ -221,6 +227,26 @@ class Trainer:
     def train_step(self, state: TrainState, group: list) -> torch.Tensor:
         """One optimizer step over ``group`` micro-batches, weighted so it equals one large batch."""
         device = state.strategy.device
+        run = getattr(state.strategy, "run_micro_batches", None)  # strategies owning fwd+bwd (pipeline)
+        with offload_activations(device, enabled=self.offload_activations):
+            if run is not None:
+                sums = run(state.model, group, self.loss_fn, scaler=state.scaler,
+                           context=lambda: autocast(self.precision, device))
+            else:
+                sums = self.micro_batch_steps(state, group)
+        if self.clip_grad_norm:
+            if state.scaler is not None:
+                state.scaler.unscale_(state.optimizer)
+            state.strategy.clip_grad_norm(state.model, self.clip_grad_norm)
+        state.strategy.optimizer_step(state.optimizer, state.scaler)
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.scheduler is not None:
+            state.scheduler.step()
+        return sums
+
+    def micro_batch_steps(self, state: TrainState, group: list) -> torch.Tensor:
+        """Forward and backward of each batch of ``group``; returns (loss·n, correct, n)."""
+        device = state.strategy.device
         total = sum(len(batch[-1]) for batch in group)
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         for index, batch in enumerate(group):
@@ -242,14 +268,6 @@ class Trainer:
                 sums[0] += loss.detach().double() * len(y)
                 sums[1] += (logits.argmax(-1) == y).sum()
                 sums[2] += len(y)
-        if self.clip_grad_norm:
-            if state.scaler is not None:
-                state.scaler.unscale_(state.optimizer)
-            state.strategy.clip_grad_norm(state.model, self.clip_grad_norm)
-        state.strategy.optimizer_step(state.optimizer, state.scaler)
-        state.optimizer.zero_grad(set_to_none=True)
-        if state.scheduler is not None:
-            state.scheduler.step()
         return sums
 
     def window_logs(self, state: TrainState, window: torch.Tensor, seconds: float) -> dict[str, float]:
@@ -269,7 +287,11 @@ class Trainer:
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         with torch.no_grad(), autocast(self.precision, device):
+            run = getattr(self.strategy, "run_micro_batches", None)
             for batch in batches:
+                if run is not None:  # only a pipeline's last stage has logits: it sums, others add 0
+                    sums += run(model, [batch], self.loss_fn, train=False)
+                    continue
                 x, y = (t.to(device, non_blocking=True) for t in batch[:2])
                 logits = model(x)
                 sums[0] += self.loss_fn(logits.float(), y).double() * len(y)
