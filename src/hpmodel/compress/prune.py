@@ -225,7 +225,9 @@ def resize_to_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
     so plain ``load_state_dict`` fits. Example: ``resize_to_weights(build_model(...), weights)``."""
     for name, layer in prunable_layers(model):
         weight = state_dict.get(f"{name}.weight")
-        if weight is not None and weight.shape != layer.weight.shape:
+        fits = (weight is not None and weight.dim() == layer.weight.dim()
+                and all(a <= b for a, b in zip(weight.shape, layer.weight.shape)))
+        if fits and weight.shape != layer.weight.shape:  # else load_state_dict names the mismatch
             out_index = torch.arange(weight.shape[0])
             in_index = torch.arange(weight.shape[1])
             _set(model, name, _slice_layer(layer, out_index=out_index, in_index=in_index))

@@ -46,7 +46,7 @@ class CompressOptions:
     sparsity: float = 0.8  # magnitude pruning target (TF-MOT's MNIST example uses 0.8)
     structured_amount: float = 0.5  # fraction of hidden units / channels removed
     fine_tune_epochs: int = 3  # QAT and pruning
-    fine_tune_lr_scale: float = 0.3  # fine-tune at this fraction of the run's learning rate
+    fine_tune_lr_scale: float = 1.0  # peak fine-tune LR as a fraction of the run's (cosine to 0)
     calibration_batches: int = 8
     calibration_batch_size: int = 64
     calibration_method: str = "minmax"
@@ -102,7 +102,8 @@ def fine_tune(source: SourceRun, model: nn.Module, options: CompressOptions, *,
               callbacks=(), model_transform: Callable | None = None) -> nn.Module:
     """A few epochs of the run's optimizer at a lower learning rate (QAT and pruning)."""
     from hpmodel.strategies import get_strategy
-    from hpmodel.train.optim import optimizer_factory
+    from hpmodel.config import ScheduleConfig
+    from hpmodel.train.optim import optimizer_factory, schedule_factory
     from hpmodel.train.trainer import Trainer
 
     optimizer_cfg = copy.deepcopy(source.cfg.optimizer)
@@ -110,7 +111,9 @@ def fine_tune(source: SourceRun, model: nn.Module, options: CompressOptions, *,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainer = Trainer(strategy=get_strategy("one-device", device=device), seed=source.cfg.seed,
                       batch_size=source.cfg.data.batch_size, progress=False, callbacks=callbacks,
-                      model_transform=model_transform)
+                      model_transform=model_transform,
+                      # cosine to zero: the last steps settle the pruned / fake-quantized weights
+                      schedule=schedule_factory(ScheduleConfig(name="cosine")))
     result = trainer.fit(model, optimizer_factory(optimizer_cfg), source.splits.train,
                          epochs=options.fine_tune_epochs)
     return result.model.cpu().eval()
@@ -173,9 +176,9 @@ def _qat(source, options, folder):
 
 
 def pruned_model(source: SourceRun, options: CompressOptions) -> tuple[nn.Module, list]:
-    """Fine-tune under PolynomialDecay(0 → sparsity) over the first 2/3 of the steps, then strip."""
+    """Fine-tune under PolynomialDecay(0 → sparsity) over the first half of the steps, then strip."""
     steps = fine_tune_steps(source, options)
-    end = max(1, (2 * steps) // 3)
+    end = max(1, steps // 2)
     schedule = prune.PolynomialDecay(0.0, options.sparsity, begin_step=0, end_step=end,
                                      frequency=max(1, end // 10))
     callback = prune.PruningCallback(schedule)
