@@ -62,3 +62,18 @@ def test_corrupt_variant_and_foreign_weights_exit_2(compressed, tmp_path, capsys
     capsys.readouterr()
     assert main(["compress", str(foreign), "--out", str(tmp_path / "c"), "--modes", "dynamic-int8"]) == 2
     assert "does not fit the model" in capsys.readouterr().err
+
+
+def test_bench_compress_quick_writes_every_case(tmp_path):
+    from hpmodel.bench import run_benchmark
+
+    result = run_benchmark("compress", tmp_path, quick=True)
+    cases = {row["case"] for row in result["details"]}
+    assert {"cpu-latency", "sparse-size", "qat-recovery"} <= cases
+    latency = [r for r in result["details"] if r["case"] == "cpu-latency"]
+    assert latency[0]["parameters"] >= 1_000_000
+    assert {r["variant"] for r in latency} >= {"onnxruntime dynamic-int8", "onnxruntime static-int8"}
+    sparse = {r["variant"]: r for r in result["details"] if r["case"] == "sparse-size"}
+    assert sparse["prune"]["gzip_bytes"] < sparse["fp32"]["gzip_bytes"]
+    for name in ("compress.json", "compress.png", "report.md"):
+        assert (tmp_path / name).is_file()

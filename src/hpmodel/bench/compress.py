@@ -214,9 +214,13 @@ def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int
               outlier_scale: float = 100.0) -> dict:
     """Run the four cases and write compress.json, compress.png and report.md."""
     repeats = repeats or (10 if quick else 50)
+    previous_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="hpmodel-bench-compress-") as temp:
         work = Path(temp)
-        rows = cpu_latency_rows(work, quick, threads, repeats)
+        try:
+            rows = cpu_latency_rows(work, quick, threads, repeats)
+        finally:
+            torch.set_num_threads(previous_threads)
         rows += sparse_size_rows(work, quick)
         rows += qat_rows(work, quick, outlier_scale)
         if torch.cuda.is_available():

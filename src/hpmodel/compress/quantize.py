@@ -198,6 +198,18 @@ def _rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
 
 
+_COMPILED_ROWWISE = None
+
+
+def _rowwise_fp8_fused(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_rowwise_fp8` fused into one kernel by ``torch.compile`` (on an H200 the eager
+    version's extra passes made fp8 slower than bf16 below 8192³; fused it is 1.36× at 4096³)."""
+    global _COMPILED_ROWWISE
+    if _COMPILED_ROWWISE is None:
+        _COMPILED_ROWWISE = torch.compile(_rowwise_fp8, dynamic=False)
+    return _COMPILED_ROWWISE(x)
+
+
 class Float8Linear(nn.Module):
     """A Linear layer that runs in fp8 with row-wise scales (weights quantized once,
     activations per call), accumulating in float and returning bf16.
@@ -221,7 +233,7 @@ class Float8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x_fp8, x_scale = _rowwise_fp8(x.reshape(-1, shape[-1]))
+        x_fp8, x_scale = _rowwise_fp8_fused(x.reshape(-1, shape[-1]))
         out = torch._scaled_mm(x_fp8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
                                bias=self.bias, out_dtype=torch.bfloat16)
         return out.reshape(*shape[:-1], out.shape[-1])
