@@ -215,23 +215,41 @@ def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int
     """Run the four cases and write compress.json, compress.png and report.md."""
     repeats = repeats or (10 if quick else 50)
     previous_threads = torch.get_num_threads()
+    cases = {"cpu-latency": lambda work: cpu_latency_rows(work, quick, threads, repeats),
+             "sparse-size": lambda work: sparse_size_rows(work, quick),
+             "qat-recovery": lambda work: qat_rows(work, quick, outlier_scale),
+             "gpu-matmul": lambda work: gpu_rows(quick, repeats)}
+    rows, skipped = [], {}
     with tempfile.TemporaryDirectory(prefix="hpmodel-bench-compress-") as temp:
-        work = Path(temp)
-        try:
-            rows = cpu_latency_rows(work, quick, threads, repeats)
-        finally:
-            torch.set_num_threads(previous_threads)
-        rows += sparse_size_rows(work, quick)
-        rows += qat_rows(work, quick, outlier_scale)
-        if torch.cuda.is_available():
-            rows += gpu_rows(quick, repeats)
-    skipped = {} if torch.cuda.is_available() else {"gpu-matmul": "no CUDA device"}
+        for case, measure in cases.items():
+            reason = _cannot_run(case)
+            if reason:
+                skipped[case] = reason
+                continue
+            try:
+                rows += measure(Path(temp))
+            finally:
+                torch.set_num_threads(previous_threads)
     result = write_results(out_dir, "compress", [_headline(r) for r in rows],
                            plot=lambda ax: _plot(ax, rows),
                            extra={"details": rows, "skipped": skipped, "threads": threads,
                                   "quick": quick})
     _write_markdown(out_dir, rows, skipped)
     return result
+
+
+CASE_PACKAGES = {"cpu-latency": ("onnx", "onnxruntime"), "sparse-size": ("onnx", "onnxruntime"),
+                 "qat-recovery": ("torchao", "onnx", "onnxruntime"), "gpu-matmul": ()}
+
+
+def _cannot_run(case: str) -> str:
+    """Why ``case`` cannot run here ('' when it can)."""
+    import importlib.util
+
+    if case == "gpu-matmul" and not torch.cuda.is_available():
+        return "no CUDA device"
+    missing = [p for p in CASE_PACKAGES[case] if importlib.util.find_spec(p) is None]
+    return f"needs {', '.join(missing)} (pip install hpmodel[compress])" if missing else ""
 
 
 def _headline(row: dict[str, Any]) -> dict[str, Any]:

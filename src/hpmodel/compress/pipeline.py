@@ -32,6 +32,9 @@ def compress_run(run_dir: str | Path, out_dir: str | Path, options: variants.Com
         if mode in variants.GPU_MODES and not torch.cuda.is_available():
             skipped[mode] = "needs a CUDA GPU (run on the GPU machine)"
             continue
+        if variants.missing_packages(mode):
+            skipped[mode] = f"needs {', '.join(variants.missing_packages(mode))} (pip install hpmodel[compress])"
+            continue
         folder = variants.build_variant(source, mode, out_dir, options)
         rows.append(measure_variant(folder, repeats=repeats))
     summary = write_report(out_dir, rows, skipped, title=f"hpmodel compress {run_dir}")

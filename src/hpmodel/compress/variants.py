@@ -126,8 +126,34 @@ def fine_tune_steps(source: SourceRun, options: CompressOptions) -> int:
 # -- one builder per mode: (source, options, folder) -> variant.json fields ------------------
 def _fp32(source, options, folder):
     save_weights(folder / "model.safetensors", source.model.state_dict())
-    export.export_onnx(source.model, source.splits.input_shape, folder / "model.onnx")
+    _export_if_possible(source, source.model, folder)
     return {"format": "torch", "dtype": "float32"}
+
+
+# Python packages each mode needs beyond torch (the GPU machines may lack the ONNX stack)
+REQUIREMENTS = {"dynamic-int8": ("onnx", "onnxruntime"), "static-int8": ("onnx", "onnxruntime"),
+                "float16": ("onnx", "onnxruntime"), "qat": ("torchao", "onnx", "onnxruntime"),
+                "prune-int8": ("onnx", "onnxruntime")}
+
+
+def missing_packages(mode: str) -> list[str]:
+    """Packages ``mode`` needs that are not installed (empty when it can run here).
+
+    Example::
+
+        missing_packages("qat")   # [] where torchao, onnx and onnxruntime are installed
+    """
+    import importlib.util
+
+    return [name for name in REQUIREMENTS.get(mode, ()) if importlib.util.find_spec(name) is None]
+
+
+def _export_if_possible(source, model, folder) -> None:
+    """The ONNX copy of a PyTorch variant, for ORT latency; skipped where ``onnx`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is not None:
+        export.export_onnx(model, source.splits.input_shape, folder / "model.onnx")
 
 
 def _onnx_fp32(source, model, folder) -> Path:
@@ -189,7 +215,7 @@ def pruned_model(source: SourceRun, options: CompressOptions) -> tuple[nn.Module
 def _prune(source, options, folder):
     model, applied = pruned_model(source, options)
     save_weights(folder / "model.safetensors", model.state_dict())
-    export.export_onnx(model, source.splits.input_shape, folder / "model.onnx")
+    _export_if_possible(source, model, folder)
     return {"format": "torch", "dtype": "float32", "sparsity": prune.sparsity(model),
             "schedule": [list(a) for a in applied]}
 
@@ -206,7 +232,7 @@ def _structured(source, options, folder):
     model = prune.prune_structured(source.fresh_model(), options.structured_amount)
     model = fine_tune(source, model, options)
     save_weights(folder / "model.safetensors", model.state_dict())
-    export.export_onnx(model, source.splits.input_shape, folder / "model.onnx")
+    _export_if_possible(source, model, folder)
     return {"format": "torch", "dtype": "float32", "structured_amount": options.structured_amount}
 
 
@@ -245,6 +271,10 @@ def build_variant(source: SourceRun, mode: str, out_dir: str | Path,
         build_variant(load_source("runs/digits"), "static-int8", "runs/compressed")
     """
     options = options or CompressOptions()
+    missing = missing_packages(mode)
+    if missing:
+        raise HpmodelError(f"mode '{mode}' needs {', '.join(missing)}: install hpmodel[compress] "
+                           "or drop the mode from --modes")
     folder = Path(out_dir) / variant_folder_name(mode)
     if folder.exists():
         shutil.rmtree(folder)
@@ -338,4 +368,5 @@ def evaluate_variant(folder: str | Path, split: str = "test") -> dict[str, Any]:
 
 
 __all__ = ["CPU_MODES", "GPU_MODES", "MODES", "CompressOptions", "SourceRun", "build_variant",
+           "missing_packages",
            "evaluate_variant", "fine_tune", "is_variant", "load_source", "load_variant"]
