@@ -104,6 +104,10 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """Re-score a trained run on its test split, from its config and weights alone."""
     run_dir = Path(run_dir)
+    if (run_dir / "variant.json").is_file():  # a compressed variant (hpmodel compress)
+        from hpmodel.compress.variants import evaluate_variant
+
+        return evaluate_variant(run_dir, split)
     cfg = load_config(run_dir / "config.toml")
     splits = load_splits(cfg.data, cfg.seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes)

@@ -1,0 +1,304 @@
+"""``hpmodel bench compress``: what compression buys, against the fp32 model, in one run.
+
+Four cases (GPU one skipped without CUDA):
+
+1. ``cpu-latency``: a Linear-heavy model (the reference MLP, 256 → 3×1024 → 10, 2.4 M
+   parameters) at batch 1 and 64 on the CPU: eager PyTorch fp32 (the plain way), ONNX
+   Runtime fp32, ORT dynamic int8, ORT static int8 (QDQ); torchao's int8 dynamic config in
+   eager PyTorch too when not ``--quick``.
+2. ``sparse-size``: gzip size of an 80%-sparse digits MLP (scheduled magnitude pruning,
+   stripped) against the dense one, in fp32 and in int8.
+3. ``qat-recovery``: a ReLU MLP whose hidden layers have two outlier units (×100 in, ÷100
+   in the next layer: the same function, LLM.int8-style outliers) loses accuracy under
+   static int8; QAT fine-tuning wins it back. A control fine-tunes in fp32 for the same
+   epochs, so the gain is not just more training.
+4. ``gpu-matmul``: large Linear layers in bf16 vs fp8 row-wise (``torch._scaled_mm``) vs
+   2:4 semi-structured sparse (``to_sparse_semi_structured``), per shape.
+
+Options (``--set``): ``threads`` (CPU threads for both runtimes, default 1),
+``repeats`` (timed calls), ``outlier_scale`` (default 100).
+
+Example::
+
+    hpmodel bench compress --out runs/bench-compress [--quick]
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpmodel.bench.common import timed, write_results
+from hpmodel.config import ModelConfig, load_config
+from hpmodel.models import build_model, count_parameters
+
+
+def relu_mlp(input_shape, num_classes: int, width: int = 64, depth: int = 2) -> nn.Sequential:
+    """Flatten → depth × (Linear, ReLU) → Linear (ReLU keeps outlier rescaling exact)."""
+    blocks: list[nn.Module] = [nn.Flatten()]
+    width_in = math.prod(input_shape)
+    for _ in range(depth):
+        blocks.append(nn.Sequential(nn.Linear(width_in, width), nn.ReLU()))
+        width_in = width
+    blocks.append(nn.Linear(width_in, num_classes))
+    return nn.Sequential(*blocks)
+
+
+def _ms(fn, repeats: int) -> float:
+    return 1000 * timed(fn, repeats=repeats, warmup=3)
+
+
+# -- 1. CPU latency ------------------------------------------------------------------------
+def cpu_latency_rows(work: Path, quick: bool, threads: int, repeats: int) -> list[dict[str, Any]]:
+    from hpmodel.compress import export, quantize
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    model = build_model(ModelConfig(name="mlp", width=1024, depth=3), (256,), 10).eval()
+    fp32 = export.export_onnx(model, (256,), work / "latency.onnx")
+    calibration = [torch.randn(64, 256).numpy() for _ in range(4)]
+    runners = {"onnxruntime fp32": export.OnnxModel(fp32, threads),
+               "onnxruntime dynamic-int8": export.OnnxModel(
+                   quantize.quantize_onnx_dynamic(fp32, work / "latency.dyn.onnx"), threads),
+               "onnxruntime static-int8": export.OnnxModel(
+                   quantize.quantize_onnx_static(fp32, work / "latency.qdq.onnx", calibration), threads)}
+    rows = []
+    for batch in (1, 64):
+        x = torch.randn(batch, 256)
+        with torch.no_grad():
+            base = _ms(lambda: model(x), repeats)
+        timings = {"pytorch fp32 (eager)": base}
+        for name, runner in runners.items():
+            array = x.numpy()
+            timings[name] = _ms(lambda: runner.run_numpy(array), repeats)
+        if not quick:
+            timings["torchao int8-dynamic (eager)"] = _torchao_int8_ms(model, x, max(3, repeats // 5))
+        for name, ms in timings.items():
+            rows.append({"case": "cpu-latency", "variant": name, "batch": batch, "ms": ms,
+                         "speedup_vs_pytorch_fp32": base / ms,
+                         "speedup_vs_onnxruntime_fp32": timings["onnxruntime fp32"] / ms,
+                         "parameters": count_parameters(model)})
+    return rows
+
+
+def _torchao_int8_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """torchao's Int8DynamicActivationInt8WeightConfig (eager; torch.compile measured slower
+    to build and no faster on CPU without Triton, see docs/compression.md)."""
+    import copy
+
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    quantized = copy.deepcopy(model)
+    quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+    with torch.no_grad():
+        return _ms(lambda: quantized(x), repeats)
+
+
+# -- 2. gzip size of a sparse model --------------------------------------------------------
+def _train(out: Path, overrides: list[str], epochs: int) -> Path:
+    from hpmodel.train.run import train_from_config
+
+    base = ["train.progress=false", 'strategy.name="one-device"', 'strategy.device="cpu"',
+            "data.batch_size=32", f"train.epochs={epochs}"]
+    train_from_config(load_config(None, base + overrides), out)
+    return out
+
+
+def sparse_size_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from hpmodel.compress.report import file_sizes
+    from hpmodel.compress.variants import CompressOptions, build_variant, evaluate_variant, load_source
+
+    run = _train(work / "digits-mlp", ['model.name="mlp"', "model.width=512", "model.depth=2",
+                                       "optimizer.lr=0.001"], epochs=4 if quick else 10)
+    source = load_source(run)
+    options = CompressOptions(sparsity=0.8, fine_tune_epochs=2 if quick else 4)
+    rows = []
+    dense = None
+    for mode in ("fp32", "dynamic-int8", "prune", "prune-int8"):
+        folder = build_variant(source, mode, work / "sparse", options)
+        name = "model.onnx" if mode.endswith("int8") else "model.safetensors"
+        sizes = file_sizes(folder / name)
+        dense = dense or sizes["gzip_bytes"]
+        rows.append({"case": "sparse-size", "variant": mode, "file": name, **sizes,
+                     "x_smaller_gzip": dense / sizes["gzip_bytes"],
+                     "accuracy": evaluate_variant(folder)["test_accuracy"]})
+    return rows
+
+
+# -- 3. static int8 loses, QAT wins back ---------------------------------------------------
+def add_outliers(weights: dict[str, torch.Tensor], scale: float, units: int = 2) -> dict:
+    """Scale ``units`` hidden units of each hidden layer by ``scale`` and their readers by
+    1/scale: the same function (ReLU is positively homogeneous), much wider activation ranges."""
+    weights = {k: v.clone() for k, v in weights.items()}
+    for writer, reader in (("1.0", "2.0"), ("2.0", "3")):
+        weights[f"{writer}.weight"][:units] *= scale
+        weights[f"{writer}.bias"][:units] *= scale
+        weights[f"{reader}.weight"][:, :units] /= scale
+    return weights
+
+
+def qat_rows(work: Path, quick: bool, scale: float) -> list[dict[str, Any]]:
+    import shutil
+
+    from hpmodel.compress.variants import (CompressOptions, build_variant, evaluate_variant,
+                                           fine_tune, load_source)
+    from hpmodel.train.run_dir import load_weights, save_weights
+
+    run = _train(work / "relu-mlp", ['model.target="hpmodel.bench.compress:relu_mlp"',
+                                     "model.options={width=64, depth=2}", "optimizer.lr=0.003"],
+                 epochs=12)
+    outlier = work / "relu-mlp-outliers"
+    shutil.copytree(run, outlier, dirs_exist_ok=True)
+    save_weights(outlier / "model.safetensors", add_outliers(load_weights(run / "model.safetensors"), scale))
+    source = load_source(outlier)
+    options = CompressOptions(fine_tune_epochs=2 if quick else 3)
+    scores = {"fp32": _accuracy(source.model, source)}
+    for mode in ("static-int8", "qat"):
+        scores[mode] = evaluate_variant(build_variant(source, mode, work / "qat", options))["test_accuracy"]
+    # control: the same fine-tuning without fake quantization, then static int8
+    control_dir = work / "control"
+    shutil.copytree(outlier, control_dir, dirs_exist_ok=True)
+    tuned = fine_tune(source, source.fresh_model(), options)
+    save_weights(control_dir / "model.safetensors", tuned.state_dict())
+    control = load_source(control_dir)
+    scores["fp32 fine-tuned"] = _accuracy(control.model, control)
+    scores["fp32 fine-tuned → static-int8"] = evaluate_variant(
+        build_variant(control, "static-int8", work / "control-v", options))["test_accuracy"]
+    lost = scores["fp32"] - scores["static-int8"]
+    return [{"case": "qat-recovery", "variant": name, "accuracy": value,
+             "points_vs_fp32": 100 * (value - scores["fp32"]),
+             "recovered_fraction": ((value - scores["static-int8"]) / lost if lost > 0 else None)
+             if name == "qat" else None, "outlier_scale": scale}
+            for name, value in scores.items()]
+
+
+def _accuracy(model: nn.Module, source) -> float:
+    with torch.no_grad():
+        logits = model.eval()(source.splits.test.x)
+    return (logits.argmax(-1) == source.splits.test.y).float().mean().item()
+
+
+# -- 4. GPU: fp8 and 2:4 against bf16 -------------------------------------------------------
+GPU_SHAPES = [(64, 8192, 8192), (4096, 4096, 4096), (8192, 8192, 8192), (16384, 8192, 28672)]
+
+
+def gpu_rows(quick: bool, repeats: int) -> list[dict[str, Any]]:
+    from hpmodel.compress import prune, quantize
+
+    rows = []
+    shapes = GPU_SHAPES[:2] if quick else GPU_SHAPES
+    for m, k, n in shapes:
+        torch.manual_seed(0)
+        layer = nn.Linear(k, n, bias=False).cuda().bfloat16()
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            base = _ms(lambda: layer(x), repeats)
+            timings = {"bf16": base}
+            if quantize.fp8_supported():
+                fp8 = quantize.Float8Linear.from_linear(layer)
+                timings["fp8 row-wise"] = _ms(lambda: fp8(x), repeats)
+            sparse = prune.apply_semi_structured(nn.Sequential(nn.Linear(k, n, bias=False)).cuda().bfloat16())
+            timings["2:4 sparse"] = _ms(lambda: sparse(x), repeats)
+        for name, ms in timings.items():
+            rows.append({"case": "gpu-matmul", "variant": name, "shape": f"{m}x{k}x{n}", "ms": ms,
+                         "tflops": 2 * m * k * n / ms / 1e9, "speedup_vs_bf16": base / ms})
+    return rows
+
+
+def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int = 0,
+              outlier_scale: float = 100.0) -> dict:
+    """Run the four cases and write compress.json, compress.png and report.md."""
+    repeats = repeats or (10 if quick else 50)
+    previous_threads = torch.get_num_threads()
+    cases = {"cpu-latency": lambda work: cpu_latency_rows(work, quick, threads, repeats),
+             "sparse-size": lambda work: sparse_size_rows(work, quick),
+             "qat-recovery": lambda work: qat_rows(work, quick, outlier_scale),
+             "gpu-matmul": lambda work: gpu_rows(quick, repeats)}
+    rows, skipped = [], {}
+    with tempfile.TemporaryDirectory(prefix="hpmodel-bench-compress-") as temp:
+        for case, measure in cases.items():
+            reason = _cannot_run(case)
+            if reason:
+                skipped[case] = reason
+                continue
+            try:
+                rows += measure(Path(temp))
+            finally:
+                torch.set_num_threads(previous_threads)
+    result = write_results(out_dir, "compress", [_headline(r) for r in rows],
+                           plot=lambda ax: _plot(ax, rows),
+                           extra={"details": rows, "skipped": skipped, "threads": threads,
+                                  "quick": quick})
+    _write_markdown(out_dir, rows, skipped)
+    return result
+
+
+CASE_PACKAGES = {"cpu-latency": ("onnx", "onnxruntime"), "sparse-size": ("onnx", "onnxruntime"),
+                 "qat-recovery": ("torchao", "onnx", "onnxruntime"), "gpu-matmul": ()}
+
+
+def _cannot_run(case: str) -> str:
+    """Why ``case`` cannot run here ('' when it can)."""
+    import importlib.util
+
+    if case == "gpu-matmul" and not torch.cuda.is_available():
+        return "no CUDA device"
+    missing = [p for p in CASE_PACKAGES[case] if importlib.util.find_spec(p) is None]
+    return f"needs {', '.join(missing)} (pip install hpmodel[compress])" if missing else ""
+
+
+def _headline(row: dict[str, Any]) -> dict[str, Any]:
+    """One short line per measurement for the printed table (details go to the JSON)."""
+    case = row["case"]
+    if case == "cpu-latency":
+        return {"case": case, "variant": row["variant"], "setting": f"batch {row['batch']}",
+                "value": f"{row['ms']:.3f} ms", "vs_baseline": f"{row['speedup_vs_pytorch_fp32']:.2f}× faster"}
+    if case == "sparse-size":
+        return {"case": case, "variant": row["variant"], "setting": f"acc {row['accuracy']:.3f}",
+                "value": f"{row['gzip_bytes']:,} B gzip", "vs_baseline": f"{row['x_smaller_gzip']:.2f}× smaller"}
+    if case == "qat-recovery":
+        return {"case": case, "variant": row["variant"], "setting": f"outliers ×{row['outlier_scale']:g}",
+                "value": f"acc {row['accuracy']:.3f}", "vs_baseline": f"{row['points_vs_fp32']:+.2f} points"}
+    return {"case": case, "variant": row["variant"], "setting": row["shape"],
+            "value": f"{row['ms']:.3f} ms", "vs_baseline": f"{row['speedup_vs_bf16']:.2f}× faster"}
+
+
+def _plot(axes, rows) -> None:
+    bars = [(f"{r['variant']} b{r['batch']}", r["speedup_vs_pytorch_fp32"]) for r in rows
+            if r["case"] == "cpu-latency"]
+    bars += [(f"gpu {r['variant']} {r['shape']}", r["speedup_vs_bf16"]) for r in rows
+             if r["case"] == "gpu-matmul"]
+    axes.barh([b[0] for b in bars], [b[1] for b in bars])
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xlabel("speedup vs fp32 PyTorch (CPU) / bf16 (GPU)")
+    axes.tick_params(axis="y", labelsize=7)
+
+
+def _write_markdown(out_dir: Path, rows, skipped) -> None:
+    from hpmodel.train.run_dir import atomic_write_bytes
+
+    lines = ["# hpmodel bench compress", ""]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        chosen = [r for r in rows if r["case"] == case]
+        columns = [c for c in dict.fromkeys(k for r in chosen for k in r) if c != "case"]
+        lines += [f"## {case}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for r in chosen:
+            lines.append("| " + " | ".join(_cell(r.get(c)) for c in columns) + " |")
+        lines.append("")
+    lines += [f"- skipped {case}: {why}" for case, why in skipped.items()]
+    lines += ["", "![speedups](compress.png)", ""]
+    atomic_write_bytes(Path(out_dir) / "report.md", "\n".join(lines).encode())
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return "–" if value is None else (f"{value:,}" if isinstance(value, int) else str(value))
+
+
+__all__ = ["add_outliers", "relu_mlp", "run_bench"]

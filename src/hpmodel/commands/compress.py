@@ -1,0 +1,33 @@
+"""``hpmodel compress RUN_DIR --out DIR [--modes ...]``: quantized and pruned variants + report."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from hpmodel.compress.variants import CPU_MODES, MODES
+
+    parser = sub.add_parser("compress", help="build quantized / pruned variants of a run and compare them")
+    parser.add_argument("run_dir", help="a directory written by 'hpmodel train'")
+    parser.add_argument("--out", required=True, help="directory for the variants, report.md, summary.json")
+    parser.add_argument("--modes", default=",".join(CPU_MODES),
+                        help=f"comma-separated, from: {', '.join(MODES)} (default: every CPU mode; "
+                             "GPU modes are skipped without a GPU)")
+    parser.add_argument("--sparsity", type=float, default=0.8, help="magnitude pruning target")
+    parser.add_argument("--structured-amount", type=float, default=0.5,
+                        help="fraction of hidden units / channels structured pruning removes")
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for QAT and pruning")
+    parser.add_argument("--calibration-batches", type=int, default=8, help="batches for static int8")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per latency")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from hpmodel.compress.variants import CompressOptions
+    from hpmodel.compress.pipeline import compress_run
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    options = CompressOptions(modes=modes, sparsity=args.sparsity,
+                              structured_amount=args.structured_amount, fine_tune_epochs=args.epochs,
+                              calibration_batches=args.calibration_batches)
+    compress_run(args.run_dir, args.out, options, repeats=args.repeats)
+    return 0

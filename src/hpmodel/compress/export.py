@@ -1,0 +1,125 @@
+"""Export a PyTorch model to ONNX and run it with ONNX Runtime.
+
+``torch.onnx.export`` does the export and ``onnxruntime`` runs the file. We use the
+TorchScript exporter (``dynamo=False``): on torch 2.11 and 2.13 alike it exports the
+reference ``nn.Sequential`` models in a fraction of a second with one dynamic batch axis,
+and needs no ``onnxscript`` (which the GPU machines do not have); the dynamo exporter
+gives the same graph for these models but takes seconds and an extra dependency.
+
+Example::
+
+    export_onnx(model, input_shape=(1, 8, 8), path="model.onnx")
+    runner = OnnxModel("model.onnx")
+    logits = runner(torch.randn(4, 1, 8, 8))      # (4, num_classes) float32 tensor
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpmodel.errors import HpmodelError
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OPSET = 17
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
+    """Write ``model`` (eval mode, on the CPU, float32) as ONNX with a dynamic batch axis.
+
+    Example::
+
+        export_onnx(build_model(cfg.model, (1, 8, 8), 10), (1, 8, 8), "out/model.onnx")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model = model.eval().cpu()
+    example = torch.zeros(2, *input_shape)
+    temp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(model, (example,), str(temp), dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    temp.replace(path)
+    model.train(was_training)
+    return path
+
+
+def inference_session(path: str | Path, threads: int = 0):
+    """An ONNX Runtime CPU session for ``path``; a missing, corrupt or foreign file is one clear error.
+
+    Example::
+
+        session = inference_session("variant/model.onnx", threads=1)
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise HpmodelError(f"ONNX file '{path}' does not exist: run 'hpmodel compress' to write it")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph/... classes
+        raise HpmodelError(f"'{path}' is corrupt or not an ONNX model ({str(error)[:160]}): "
+                           "run 'hpmodel compress' again to rewrite it") from None
+
+
+class OnnxModel:
+    """Call an ONNX file like a module: float32 tensor in, float32 logits out.
+
+    The input shape is checked against the file's declared shape, so a wrong input gives
+    one sentence instead of an ONNX Runtime stack trace.
+
+    Example::
+
+        runner = OnnxModel("model.onnx", threads=1)
+        runner(torch.randn(64, 1, 8, 8)).shape   # torch.Size([64, 10])
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        self.path = Path(path)
+        self.session = inference_session(path, threads)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise HpmodelError(f"'{path}' takes {len(inputs)} inputs; hpmodel models take one: "
+                               "export it with hpmodel.compress.export_onnx")
+        self.input_name = inputs[0].name
+        self.example_shape = tuple(inputs[0].shape[1:])  # without the batch axis
+
+    def check_input(self, x) -> None:
+        shape = tuple(x.shape[1:])
+        if len(shape) != len(self.example_shape) or any(
+                isinstance(want, int) and want != got for want, got in zip(self.example_shape, shape)):
+            raise HpmodelError(f"input of shape {tuple(x.shape)} does not fit '{self.path}', which "
+                               f"expects (batch, {', '.join(map(str, self.example_shape))}): "
+                               "reshape the input or use the model's own data set")
+
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:
+        """Logits as a NumPy array (no shape check: for timing loops)."""
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        array = x.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(self.run_numpy(array)).float()
+
+
+def check_torch_input(model_input_shape: tuple[int, ...], x: torch.Tensor, where: str) -> None:
+    """One clear error when ``x`` (batch, ...) does not match a model's example shape."""
+    if tuple(x.shape[1:]) != tuple(model_input_shape):
+        raise HpmodelError(f"input of shape {tuple(x.shape)} does not fit {where}, which expects "
+                           f"(batch, {', '.join(map(str, model_input_shape))}): reshape the input")
+
+
+__all__ = ["OnnxModel", "check_torch_input", "export_onnx", "inference_session"]

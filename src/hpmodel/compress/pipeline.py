@@ -1,0 +1,47 @@
+"""``compress_run``: every requested variant of a run, measured and reported in one call.
+
+Example::
+
+    summary = compress_run("runs/digits", "runs/digits-compressed",
+                           CompressOptions(modes=["fp32", "dynamic-int8", "prune"]))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpmodel.compress import variants
+from hpmodel.compress.report import measure_variant, write_report
+from hpmodel.report import print_rows
+
+
+def compress_run(run_dir: str | Path, out_dir: str | Path, options: variants.CompressOptions | None = None,
+                 repeats: int = 20) -> dict[str, Any]:
+    """Build, score and time each mode of ``options`` (fp32 is always included as the baseline)."""
+    from tqdm import tqdm
+
+    options = options or variants.CompressOptions()
+    out_dir = Path(out_dir)
+    source = variants.load_source(run_dir)
+    modes = ["fp32"] + [m for m in options.modes if m != "fp32"]
+    rows, skipped = [], {}
+    for mode in tqdm(modes, desc="compress", unit="variant"):
+        if mode in variants.GPU_MODES and not torch.cuda.is_available():
+            skipped[mode] = "needs a CUDA GPU (run on the GPU machine)"
+            continue
+        if variants.missing_packages(mode):
+            skipped[mode] = f"needs {', '.join(variants.missing_packages(mode))} (pip install hpmodel[compress])"
+            continue
+        folder = variants.build_variant(source, mode, out_dir, options)
+        rows.append(measure_variant(folder, repeats=repeats))
+    summary = write_report(out_dir, rows, skipped, title=f"hpmodel compress {run_dir}")
+    columns = ("mode", "test_accuracy", "parameters", "bytes", "gzip_bytes", "ort_cpu_ms_b64",
+               "torch_cpu_ms_b64", "x_smaller_gzip")
+    print_rows([{k: r.get(k) for k in columns if k in r} for r in rows], title=f"hpmodel compress → {out_dir}")
+    return summary
+
+
+__all__ = ["compress_run"]

@@ -1,0 +1,372 @@
+"""Build compressed variants of a trained run, save each as a folder, and load them back.
+
+Each variant folder looks like a run directory (so ``hpmodel evaluate`` scores it)::
+
+    VARIANT/config.toml        the source run's config (model sizes, data)
+    VARIANT/variant.json       {"mode", "format": "onnx" | "torch", "dtype", "apply", ...}
+    VARIANT/model.onnx         ONNX Runtime file (int8, float16 or float32), when exported
+    VARIANT/model.safetensors  PyTorch weights (float32, float16, bf16; pruned ones smaller)
+
+The heavy lifting is delegated: ONNX Runtime quantizes and runs ONNX files, torchao fakes
+quantization for QAT, ``torch.nn.utils.prune`` prunes, the Trainer fine-tunes.
+
+Example::
+
+    build_variants("runs/digits", "runs/digits-compressed", ["dynamic-int8", "qat"])
+    evaluate_variant("runs/digits-compressed/qat")["test_accuracy"]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from hpmodel.compress import export, prune, quantize
+from hpmodel.errors import HpmodelError
+from hpmodel.train.run_dir import load_weights, read_json, save_weights, write_json
+
+CPU_MODES = ("fp32", "dynamic-int8", "static-int8", "float16", "bf16", "qat", "prune", "prune-int8",
+             "structured")
+GPU_MODES = ("fp8", "sparse-2:4")
+MODES = CPU_MODES + GPU_MODES
+
+
+@dataclass
+class CompressOptions:
+    """How variants are built. Example: ``CompressOptions(modes=["qat"], fine_tune_epochs=3)``."""
+
+    modes: list[str] = field(default_factory=lambda: list(CPU_MODES))
+    sparsity: float = 0.8  # magnitude pruning target (TF-MOT's MNIST example uses 0.8)
+    structured_amount: float = 0.5  # fraction of hidden units / channels removed
+    fine_tune_epochs: int = 3  # QAT and pruning
+    fine_tune_lr_scale: float = 1.0  # peak fine-tune LR as a fraction of the run's (cosine to 0)
+    calibration_batches: int = 8
+    calibration_batch_size: int = 64
+    calibration_method: str = "minmax"
+
+    def __post_init__(self):
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise HpmodelError(f"compression mode(s) {', '.join(unknown)} unknown: choose from "
+                               f"{', '.join(MODES)}")
+
+
+@dataclass
+class SourceRun:
+    """A trained run loaded for compression: config, data splits and the fp32 model."""
+
+    run_dir: Path
+    cfg: Any
+    splits: Any
+    model: nn.Module
+
+    def fresh_model(self) -> nn.Module:
+        return copy.deepcopy(self.model)
+
+
+def load_source(run_dir: str | Path) -> SourceRun:
+    """Load ``config.toml`` + ``model.safetensors`` of a run directory (clear errors when broken)."""
+    from hpmodel.config import load_config
+    from hpmodel.datasets import load_splits
+    from hpmodel.models import build_model
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.toml")
+    splits = load_splits(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.input_shape, splits.num_classes)
+    _load_into(model, load_weights(run_dir / "model.safetensors"), run_dir / "model.safetensors")
+    return SourceRun(run_dir, cfg, splits, model.eval())
+
+
+def _load_into(model: nn.Module, weights: dict, where: Path) -> None:
+    prune.resize_to_weights(model, weights)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:
+        raise HpmodelError(f"'{where}' does not fit the model of its config.toml ({str(error)[:160]})"
+                           ": it belongs to another model; compress the run that wrote it") from None
+    if missing or unexpected:
+        raise HpmodelError(f"'{where}' does not fit the model of its config.toml (missing "
+                           f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]}): it belongs to "
+                           "another model; compress the run that wrote it")
+
+
+def fine_tune(source: SourceRun, model: nn.Module, options: CompressOptions, *,
+              callbacks=(), model_transform: Callable | None = None) -> nn.Module:
+    """A few epochs of the run's optimizer at a lower learning rate (QAT and pruning)."""
+    from hpmodel.strategies import get_strategy
+    from hpmodel.config import ScheduleConfig
+    from hpmodel.train.optim import optimizer_factory, schedule_factory
+    from hpmodel.train.trainer import Trainer
+
+    optimizer_cfg = copy.deepcopy(source.cfg.optimizer)
+    optimizer_cfg.lr *= options.fine_tune_lr_scale
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trainer = Trainer(strategy=get_strategy("one-device", device=device), seed=source.cfg.seed,
+                      batch_size=source.cfg.data.batch_size, progress=False, callbacks=callbacks,
+                      model_transform=model_transform,
+                      # cosine to zero: the last steps settle the pruned / fake-quantized weights
+                      schedule=schedule_factory(ScheduleConfig(name="cosine")))
+    result = trainer.fit(model, optimizer_factory(optimizer_cfg), source.splits.train,
+                         epochs=options.fine_tune_epochs)
+    return result.model.cpu().eval()
+
+
+def fine_tune_steps(source: SourceRun, options: CompressOptions) -> int:
+    return options.fine_tune_epochs * math.ceil(len(source.splits.train) / source.cfg.data.batch_size)
+
+
+# -- one builder per mode: (source, options, folder) -> variant.json fields ------------------
+def _fp32(source, options, folder):
+    save_weights(folder / "model.safetensors", source.model.state_dict())
+    _export_if_possible(source, source.model, folder)
+    return {"format": "torch", "dtype": "float32"}
+
+
+# Python packages each mode needs beyond torch (the GPU machines may lack the ONNX stack)
+REQUIREMENTS = {"dynamic-int8": ("onnx", "onnxruntime"), "static-int8": ("onnx", "onnxruntime"),
+                "float16": ("onnx", "onnxruntime"), "qat": ("torchao", "onnx", "onnxruntime"),
+                "prune-int8": ("onnx", "onnxruntime")}
+
+
+def missing_packages(mode: str) -> list[str]:
+    """Packages ``mode`` needs that are not installed (empty when it can run here).
+
+    Example::
+
+        missing_packages("qat")   # [] where torchao, onnx and onnxruntime are installed
+    """
+    import importlib.util
+
+    return [name for name in REQUIREMENTS.get(mode, ()) if importlib.util.find_spec(name) is None]
+
+
+def _export_if_possible(source, model, folder) -> None:
+    """The ONNX copy of a PyTorch variant, for ORT latency; skipped where ``onnx`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is not None:
+        export.export_onnx(model, source.splits.input_shape, folder / "model.onnx")
+
+
+def _onnx_fp32(source, model, folder) -> Path:
+    return export.export_onnx(model, source.splits.input_shape, folder / "model.fp32.onnx")
+
+
+def _dynamic_int8(source, options, folder):
+    fp32 = _onnx_fp32(source, source.model, folder)
+    quantize.quantize_onnx_dynamic(fp32, folder / "model.onnx")
+    fp32.unlink()
+    return {"format": "onnx", "dtype": "int8"}
+
+
+def _static(source, model, options, folder):
+    fp32 = _onnx_fp32(source, model, folder)
+    batches = quantize.calibration_batches(source.splits.train.x, options.calibration_batches,
+                                           options.calibration_batch_size)
+    quantize.quantize_onnx_static(fp32, folder / "model.onnx", batches, options.calibration_method)
+    fp32.unlink()
+    return {"format": "onnx", "dtype": "int8", "calibration_batches": len(batches),
+            "calibration_method": options.calibration_method}
+
+
+def _static_int8(source, options, folder):
+    return _static(source, source.model, options, folder)
+
+
+def _float16(source, options, folder):
+    fp32 = _onnx_fp32(source, source.model, folder)
+    quantize.convert_onnx_float16(fp32, folder / "model.onnx")  # for GPU deployment
+    fp32.unlink()
+    save_weights(folder / "model.safetensors", quantize.to_dtype(source.fresh_model(), "float16").state_dict())
+    return {"format": "torch", "dtype": "float16"}
+
+
+def _bf16(source, options, folder):
+    save_weights(folder / "model.safetensors", quantize.to_dtype(source.fresh_model(), "bf16").state_dict())
+    return {"format": "torch", "dtype": "bf16"}
+
+
+def _qat(source, options, folder):
+    model = fine_tune(source, source.fresh_model(), options, model_transform=quantize.qat_prepare)
+    model = quantize.qat_convert(model)
+    save_weights(folder / "model.safetensors", model.state_dict())  # float weights after QAT
+    return {**_static(source, model, options, folder), "fine_tune_epochs": options.fine_tune_epochs}
+
+
+def pruned_model(source: SourceRun, options: CompressOptions) -> tuple[nn.Module, list]:
+    """Fine-tune under PolynomialDecay(0 → sparsity) over the first half of the steps, then strip."""
+    steps = fine_tune_steps(source, options)
+    end = max(1, steps // 2)
+    schedule = prune.PolynomialDecay(0.0, options.sparsity, begin_step=0, end_step=end,
+                                     frequency=max(1, end // 10))
+    callback = prune.PruningCallback(schedule)
+    model = fine_tune(source, source.fresh_model(), options, callbacks=[callback])
+    return prune.strip_pruning(model), callback.applied
+
+
+def _prune(source, options, folder):
+    model, applied = pruned_model(source, options)
+    save_weights(folder / "model.safetensors", model.state_dict())
+    _export_if_possible(source, model, folder)
+    return {"format": "torch", "dtype": "float32", "sparsity": prune.sparsity(model),
+            "schedule": [list(a) for a in applied]}
+
+
+def _prune_int8(source, options, folder):
+    model, _ = pruned_model(source, options)
+    fp32 = _onnx_fp32(source, model, folder)
+    quantize.quantize_onnx_dynamic(fp32, folder / "model.onnx")
+    fp32.unlink()
+    return {"format": "onnx", "dtype": "int8", "sparsity": prune.sparsity(model)}
+
+
+def _structured(source, options, folder):
+    model = prune.prune_structured(source.fresh_model(), options.structured_amount)
+    model = fine_tune(source, model, options)
+    save_weights(folder / "model.safetensors", model.state_dict())
+    _export_if_possible(source, model, folder)
+    return {"format": "torch", "dtype": "float32", "structured_amount": options.structured_amount}
+
+
+def _fp8(source, options, folder):
+    if not quantize.fp8_supported():
+        raise HpmodelError("fp8 needs a CUDA GPU with compute capability ≥ 8.9")
+    save_weights(folder / "model.safetensors", quantize.to_dtype(source.fresh_model(), "bf16").state_dict())
+    return {"format": "torch", "dtype": "bf16", "apply": "fp8", "device": "cuda"}
+
+
+def _sparse_24(source, options, folder):
+    if not torch.cuda.is_available():
+        raise HpmodelError("2:4 sparsity needs a CUDA GPU")
+    model = prune.apply_semi_structured(source.fresh_model(), to_sparse=False)
+    save_weights(folder / "model.safetensors", quantize.to_dtype(model, "bf16").state_dict())
+    return {"format": "torch", "dtype": "bf16", "apply": "sparse-2:4", "device": "cuda"}
+
+
+BUILDERS: dict[str, Callable] = {
+    "fp32": _fp32, "dynamic-int8": _dynamic_int8, "static-int8": _static_int8, "float16": _float16,
+    "bf16": _bf16, "qat": _qat, "prune": _prune, "prune-int8": _prune_int8,
+    "structured": _structured, "fp8": _fp8, "sparse-2:4": _sparse_24,
+}
+
+
+def variant_folder_name(mode: str) -> str:
+    return mode.replace(":", "")
+
+
+def build_variant(source: SourceRun, mode: str, out_dir: str | Path,
+                  options: CompressOptions | None = None) -> Path:
+    """Build one variant of ``source`` into ``out_dir/MODE`` and return the folder.
+
+    Example::
+
+        build_variant(load_source("runs/digits"), "static-int8", "runs/compressed")
+    """
+    options = options or CompressOptions()
+    missing = missing_packages(mode)
+    if missing:
+        raise HpmodelError(f"mode '{mode}' needs {', '.join(missing)}: install hpmodel[compress] "
+                           "or drop the mode from --modes")
+    folder = Path(out_dir) / variant_folder_name(mode)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    shutil.copyfile(source.run_dir / "config.toml", folder / "config.toml")
+    info = BUILDERS[mode](source, options, folder)
+    write_json(folder / "variant.json", {"mode": mode, "source": str(source.run_dir), **info})
+    return folder
+
+
+def is_variant(path: str | Path) -> bool:
+    return (Path(path) / "variant.json").is_file()
+
+
+def load_variant(folder: str | Path, device: str = "cpu", threads: int = 0):
+    """A callable ``x -> logits`` for a variant folder (ONNX Runtime or PyTorch) and its info.
+
+    Example::
+
+        predict, info = load_variant("runs/compressed/static-int8")
+        predict(torch.randn(8, 1, 8, 8)).shape    # (8, 10)
+    """
+    folder = Path(folder)
+    info = read_json(folder / "variant.json")
+    if info.get("format") == "onnx":
+        return export.OnnxModel(folder / "model.onnx", threads=threads), info
+    return load_torch_variant(folder, info, device), info
+
+
+def load_torch_variant(folder: Path, info: dict, device: str = "cpu") -> nn.Module:
+    """The variant's PyTorch module (shrunk layers, dtype and fp8 / 2:4 re-applied)."""
+    from hpmodel.config import load_config
+    from hpmodel.datasets import load_splits
+    from hpmodel.models import build_model
+
+    cfg = load_config(folder / "config.toml")
+    splits = load_splits(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.input_shape, splits.num_classes)
+    weights = load_weights(folder / "model.safetensors")
+    _load_into(model, {k: v.float() for k, v in weights.items()}, folder / "model.safetensors")
+    model = quantize.to_dtype(model, info.get("dtype", "float32")).eval()
+    apply = info.get("apply")
+    if apply and (device == "cpu" or not torch.cuda.is_available()):
+        raise HpmodelError(f"variant '{folder}' ({apply}) runs only on a CUDA GPU: evaluate it on "
+                           "the GPU machine")
+    model = model.to(device)
+    if apply == "fp8":
+        model = quantize.to_float8(model)
+    elif apply == "sparse-2:4":
+        model = prune.apply_semi_structured(model, to_sparse=True)
+    return TorchPredictor(model, splits.input_shape, folder)
+
+
+class TorchPredictor(nn.Module):
+    """A module that checks its input shape and casts to its weights' dtype and device."""
+
+    def __init__(self, model: nn.Module, input_shape, folder: Path):
+        super().__init__()
+        self.model, self.input_shape, self.folder = model, tuple(input_shape), folder
+        first = next(model.parameters(), None)
+        if first is None:
+            first = next(model.buffers())
+        self.dtype = first.dtype if first.dtype.is_floating_point and first.dtype.itemsize > 1 else torch.bfloat16
+        self.device = first.device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        export.check_torch_input(self.input_shape, x, f"variant '{self.folder}'")
+        with torch.no_grad():
+            return self.model(x.to(self.device, self.dtype)).float()
+
+
+def evaluate_variant(folder: str | Path, split: str = "test") -> dict[str, Any]:
+    """Accuracy and loss of a variant folder on its run's data split (``hpmodel evaluate`` uses it).
+
+    Example::
+
+        evaluate_variant("runs/compressed/dynamic-int8")["test_accuracy"]
+    """
+    from hpmodel.config import load_config
+    from hpmodel.datasets import load_splits
+
+    folder = Path(folder)
+    cfg = load_config(folder / "config.toml")
+    data = getattr(load_splits(cfg.data, cfg.seed), split)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    predict, _ = load_variant(folder, device=device)
+    logits = torch.cat([predict(x).cpu() for x in data.x.split(256)])
+    loss = nn.functional.cross_entropy(logits, data.y).item()
+    accuracy = (logits.argmax(-1) == data.y).float().mean().item()
+    return {f"{split}_accuracy": accuracy, f"{split}_loss": loss, f"{split}_examples": len(data)}
+
+
+__all__ = ["CPU_MODES", "GPU_MODES", "MODES", "CompressOptions", "SourceRun", "build_variant",
+           "missing_packages",
+           "evaluate_variant", "fine_tune", "is_variant", "load_source", "load_variant"]

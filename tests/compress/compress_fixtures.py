@@ -1,0 +1,20 @@
+"""Shared by the compression tests: one small fp32 MLP trained on digits per test module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpmodel.config import load_config
+from hpmodel.train.run import train_from_config
+
+# width 512: weights dominate the file size, so int8 files can be ~4× smaller
+MLP_OVERRIDES = ['model.name="mlp"', "model.width=512", "model.depth=2", "optimizer.lr=0.001",
+                 "train.epochs=8", "train.progress=false", 'strategy.name="one-device"',
+                 'strategy.device="cpu"', "data.batch_size=32"]
+
+
+def train_mlp(out: Path, extra: list[str] = ()) -> Path:
+    """Train the reference MLP (about 4 s on one CPU core) into ``out`` and return it."""
+    cfg = load_config(None, MLP_OVERRIDES + list(extra))
+    train_from_config(cfg, out)
+    return out
