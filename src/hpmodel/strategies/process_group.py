@@ -127,7 +127,9 @@ class ProcessGroupStrategy(Strategy):
         else:  # share the cores between the processes of this host, as torchrun does
             local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        dist.init_process_group(self.backend, timeout=timedelta(seconds=self.config.timeout_s),
+        timeout = timedelta(seconds=self.config.timeout_s)
+        dist.init_process_group(self.backend, store=attempt_store(timeout), rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
                                 device_id=self.device if self.uses_cuda else None)
 
     def teardown(self) -> None:
@@ -157,6 +159,22 @@ class ProcessGroupStrategy(Strategy):
         box = [obj]
         dist.broadcast_object_list(box, src=src)
         return box[0]
+
+
+def attempt_store(timeout: timedelta) -> dist.Store:
+    """The launcher's key-value store, seen under a prefix unique to this restart attempt.
+
+    The elastic agent keeps one store across restarts; without the prefix, a restarted
+    Gloo group reads the addresses its dead predecessors published and waits forever for
+    peers that no longer exist.
+    """
+    rank = int(os.environ["RANK"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          int(os.environ["WORLD_SIZE"]), is_master=rank == 0 and not agent_hosts_store,
+                          timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"hpmodel/attempt-{attempt}", store)
 
 
 def run_in_worker(strategy: ProcessGroupStrategy, fn: Callable[..., Any], args: tuple) -> Any:
