@@ -58,7 +58,7 @@ def default_run_id(spec: LaunchSpec) -> str:
 
 
 def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
-    """Run ``entrypoint(*args)`` in ``spec.nproc_per_node`` processes; return local rank 0's result."""
+    """Run ``entrypoint(*args)`` in ``spec.nproc_per_node`` processes; return this node's first rank's result."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -83,7 +83,7 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
     except RuntimeError as error:  # rendezvous could not form: wrong address, peer missing
         raise HpmodelError(f"processes could not meet at rendezvous endpoint {endpoint} "
                            f"({error}): check --rdzv-endpoint and that every node is started") from None
-    return results.get(0) if results else None
+    return results[min(results)] if results else None  # this node's first rank (global rank 0 on node 0)
 
 
 def describe_failure(error) -> str:
