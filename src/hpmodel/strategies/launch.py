@@ -37,6 +37,7 @@ class LaunchSpec:
     max_restarts: int = 0
     rdzv_timeout_s: int = 60
     run_id: str = ""
+    start_method: str = "spawn"  # "fork" starts faster (no re-import) but only before CUDA is used
 
 
 def in_launched_process() -> bool:
@@ -73,7 +74,7 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
         min_nodes=spec.nnodes, max_nodes=spec.nnodes, nproc_per_node=spec.nproc_per_node,
         run_id=spec.run_id or default_run_id(spec), rdzv_backend="c10d",
         rdzv_endpoint=endpoint, rdzv_configs=rdzv_configs, max_restarts=spec.max_restarts,
-        monitor_interval=0.1, start_method="spawn", local_addr="127.0.0.1"
+        monitor_interval=0.1, start_method=spec.start_method, local_addr="127.0.0.1"
         if endpoint.startswith(("127.", "localhost")) else None,
     )
     try:
