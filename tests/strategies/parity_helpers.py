@@ -55,4 +55,4 @@ def assert_matches_one_device(result, reference, tolerance: float = 1e-5) -> Non
     assert result.summary["steps"] == reference.summary["steps"] > 0
     mine, theirs = result.history[0], reference.history[0]
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-        assert abs(mine[key] - theirs[key]) <= 1e-5 * max(1.0, abs(theirs[key])), key
+        assert abs(mine[key] - theirs[key]) <= tolerance * max(1.0, abs(theirs[key])), key
