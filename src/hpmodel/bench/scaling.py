@@ -9,7 +9,9 @@ all-reduce and the optimizer step exposed. Reports scaling efficiency
 (rate(N) / (N × rate(1)) of the same strategy) and the ratio to plain DDP at N devices.
 
 Options (``--set KEY=VALUE``): ``devices`` (largest N; default: every GPU, or 2 CPU
-processes), ``models`` (e.g. ``["reference"]``), ``strategies``, ``steps``, ``warmup``.
+processes), ``models`` (e.g. ``["reference"]``), ``strategies``, ``steps``, ``warmup``,
+``strategy_options`` (per bench strategy, e.g.
+``strategy_options={mirrored-overlap={bucket_cap_mb=100}}``).
 
 Example::
 
@@ -60,7 +62,8 @@ def device_counts(largest: int) -> list[int]:
     return counts + [largest]
 
 
-def measure(name: str, workload: Workload, devices: int, device_type: str) -> float:
+def measure(name: str, workload: Workload, devices: int, device_type: str,
+            extra_options: dict | None = None) -> float:
     """Examples/second of one configuration, in its own launch."""
     from hpmodel.strategies import get_strategy
     from hpmodel.strategies.launch import LaunchSpec, launch
@@ -71,12 +74,13 @@ def measure(name: str, workload: Workload, devices: int, device_type: str) -> fl
     spec = LaunchSpec(nproc_per_node=devices, start_method="fork" if device_type == "cpu" else "spawn")
     if not strategy_name:
         return launch(spec, plain_ddp_worker, workload, device_type)
+    options = {**options, **(extra_options or {})}
     strategy = get_strategy(strategy_name, devices=devices, device=device_type, **options)
     return launch(spec, run_in_worker, strategy, strategy_worker, (strategy, workload))
 
 
 def run_bench(out_dir: Path, quick: bool = False, devices: int = 0, models=None, strategies=None,
-              steps: int = 0, warmup: int = -1) -> dict:
+              steps: int = 0, warmup: int = -1, strategy_options: dict | None = None) -> dict:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() and not quick else 0
     device_type = "cuda" if gpus else "cpu"
     largest = devices or gpus or 2
@@ -98,7 +102,8 @@ def run_bench(out_dir: Path, quick: bool = False, devices: int = 0, models=None,
             workload = dataclasses.replace(workload, warmup=warmup)
         for name in strategies:
             for n in device_counts(largest):
-                rows.append(run_one(model_name, name, workload, n, device_type))
+                rows.append(run_one(model_name, name, workload, n, device_type,
+                                    (strategy_options or {}).get(name)))
     add_ratios(rows)
     result = write_results(out_dir, "scaling", rows, plot=lambda ax: plot(ax, rows),
                            extra={"device_type": device_type, "quick": quick,
@@ -111,11 +116,12 @@ def run_bench(out_dir: Path, quick: bool = False, devices: int = 0, models=None,
     return result
 
 
-def run_one(model_name: str, name: str, workload: Workload, n: int, device_type: str) -> dict:
+def run_one(model_name: str, name: str, workload: Workload, n: int, device_type: str,
+            extra_options: dict | None = None) -> dict:
     started = time.perf_counter()
     row: dict[str, Any] = {"model": model_name, "strategy": name, "devices": n}
     try:
-        row["examples/s"] = float(measure(name, workload, n, device_type))
+        row["examples/s"] = float(measure(name, workload, n, device_type, extra_options))
     except HpmodelError as error:  # one broken configuration must not lose the others
         row["examples/s"] = float("nan")
         row["error"] = str(error)[:300]

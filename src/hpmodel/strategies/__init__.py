@@ -19,5 +19,6 @@ from hpmodel.strategies.sharded import Sharded
 from hpmodel.strategies.registry import (available_strategies, get_strategy, register,
                                          strategy_class, strategy_config)
 
-__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "ProcessGroupStrategy", "Sharded", "Strategy", "available_strategies",
-           "get_strategy", "register", "strategy_class", "strategy_config"]
+__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "ProcessGroupStrategy",
+           "Sharded", "Strategy", "available_strategies", "get_strategy", "register",
+           "strategy_class", "strategy_config"]
