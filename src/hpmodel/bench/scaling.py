@@ -42,8 +42,11 @@ STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 GPU_MODELS = {
-    "convnet": Workload("convnet", "convnet", batch_per_device=256, width=128, depth=6),
-    "reference": Workload("reference", "mlp", batch_per_device=2048, width=4096, depth=12),
+    # Steps of a few ms: enough timed steps that one hiccup does not move the rate.
+    "convnet": Workload("convnet", "convnet", batch_per_device=256, width=128, depth=6,
+                        steps=100, warmup=20),
+    "reference": Workload("reference", "mlp", batch_per_device=2048, width=4096, depth=12,
+                          steps=50, warmup=10),
 }
 CPU_MODELS = {  # --quick: the same shapes, tiny
     "convnet": Workload("convnet", "convnet", 16, width=8, depth=2, image_size=8, precision="fp32",
