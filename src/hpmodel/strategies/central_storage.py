@@ -50,12 +50,12 @@ class CentralStorage(ProcessGroupStrategy):
 
     def setup(self, model: nn.Module, optimizer=None):
         model = model.to(self.device)
-        self._replica = [p for p in model.parameters() if p.requires_grad]
-        self._buffers = [b for b in model.buffers() if b.is_floating_point()]
-        self._broadcast(self._replica + self._buffers)  # replicas start from rank 0's values
-        self._reduced = False
-        if optimizer is None:
+        replica = [p for p in model.parameters() if p.requires_grad]
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self._broadcast(replica + buffers)  # replicas start from rank 0's values
+        if optimizer is None:  # evaluation only: no master copy
             return model, None
+        self._replica, self._buffers, self._reduced = replica, buffers, False
         if not callable(optimizer) or isinstance(optimizer, torch.optim.Optimizer):
             raise HpmodelError("strategy 'central-storage' builds the optimizer on the master copy: "
                                "pass an optimizer factory f(parameters), not an Optimizer")
