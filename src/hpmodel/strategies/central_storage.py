@@ -69,7 +69,12 @@ class CentralStorage(ProcessGroupStrategy):
 
     # -- the step -----------------------------------------------------------------------
     def reduce_gradients(self) -> None:
-        """Sum the replicas' gradients into the master copy on rank 0 (mean over replicas)."""
+        """Sum the replicas' gradients into the master copy on rank 0 (mean over replicas).
+
+        Called by ``clip_grad_norm`` or ``optimizer_step``, whichever comes first::
+
+            strategy.backward(loss); strategy.reduce_gradients()  # master .grad now set on rank 0
+        """
         if self._reduced:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._replica]

@@ -30,7 +30,12 @@ import torch.distributed as dist
 
 
 class OptimizerOverlap:
-    """State of :func:`overlap_hook`: the optimizer to step, bucket by bucket."""
+    """State of :func:`overlap_hook`: the optimizer to step, bucket by bucket.
+
+    Example::
+
+        ddp.register_comm_hook(OptimizerOverlap(optimizer), overlap_hook)
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, process_group=None):
         self.optimizer = optimizer
@@ -61,6 +66,11 @@ def overlap_hook(state, bucket):
     """DDP comm hook: average the bucket, then step its parameters when it arrives.
 
     (No annotations: DDP checks them literally and this module postpones their evaluation.)
+
+    Example::
+
+        ddp.register_comm_hook(OptimizerOverlap(optimizer), overlap_hook)
+        loss.backward()   # returns with every bucket averaged and its parameters stepped
     """
     buffer = bucket.buffer()
     group = state.process_group
