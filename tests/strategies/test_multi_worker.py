@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, hpmodel_env, run_cli
 from hpmodel.strategies.launch import free_port
 from hpmodel.train.run_dir import load_weights
@@ -27,7 +29,8 @@ def test_two_nodes_on_loopback_match_one_device(tmp_path):
         assert node.returncode == 0, stderr[-3000:]
     # digits.toml's batch_size 32 is per replica: 2 nodes × 32 = 64 = one device's batch.
     run_cli("train", *COMMON, "--set", "data.batch_size=64", "--out", str(tmp_path / "one"), check=True)
-    two, one = load_weights(tmp_path / "node0" / "model.safetensors"), load_weights(tmp_path / "one" / "model.safetensors")
+    two = load_weights(tmp_path / "node0" / "model.safetensors")
+    one = load_weights(tmp_path / "one" / "model.safetensors")
     assert set(two) == set(one)
     for key in one:
         assert relative_difference(one[key], two[key]) <= 1e-5, key
@@ -36,5 +39,5 @@ def test_two_nodes_on_loopback_match_one_device(tmp_path):
     for key in ("test_loss", "test_accuracy"):
         assert abs(summaries[0][key] - summaries[1][key]) <= 1e-5, key
     assert summaries[0]["history"][0]["train_loss"] == \
-        __import__("pytest").approx(summaries[1]["history"][0]["train_loss"], rel=1e-5)
+        pytest.approx(summaries[1]["history"][0]["train_loss"], rel=1e-5)
     assert not (tmp_path / "node1" / "model.safetensors").exists()  # only the main process writes

@@ -88,7 +88,8 @@ def run_bench(out_dir: Path, quick: bool = False, devices: int = 0, models=None,
     device_type = "cuda" if gpus else "cpu"
     largest = devices or gpus or 2
     if gpus and largest > gpus:
-        raise HpmodelError(f"devices = {largest} but this machine has {gpus} GPU(s): use --set devices={gpus}")
+        raise HpmodelError(f"devices = {largest} but this machine has {gpus} GPU(s): "
+                           f"use --set devices={gpus}")
     catalogue = GPU_MODELS if gpus else CPU_MODELS
     models = list(models or (["reference"] if quick else catalogue))
     strategies = list(strategies or STRATEGIES)

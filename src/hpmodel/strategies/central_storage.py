@@ -79,11 +79,12 @@ class CentralStorage(ProcessGroupStrategy):
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._replica]
         for index_group in _by_dtype(grads):
-            flat = _flatten_dense_tensors([grads[i] for i in index_group])
+            group = [grads[i] for i in index_group]
+            flat = _flatten_dense_tensors(group)  # one collective per dtype, not per tensor
             dist.reduce(flat, dst=0, op=dist.ReduceOp.SUM)
             if self.is_main:
                 flat /= self.world_size
-                for i, grad in zip(index_group, _unflatten_dense_tensors(flat, [grads[i] for i in index_group])):
+                for i, grad in zip(index_group, _unflatten_dense_tensors(flat, group)):
                     self._master[i].grad = grad.to(self._master[i].device)
         for p in self._replica:
             p.grad = None  # the replicas' gradients are spent
