@@ -37,6 +37,7 @@ class LaunchSpec:
     max_restarts: int = 0
     rdzv_timeout_s: int = 60
     run_id: str = ""
+    start_method: str = "spawn"  # "fork" starts faster (no re-import) but only before CUDA is used
 
 
 def in_launched_process() -> bool:
@@ -50,8 +51,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def default_run_id(spec: LaunchSpec) -> str:
+    """A fresh id for one host; for many hosts an id every node derives alike from the endpoint."""
+    if spec.nnodes > 1 and spec.rdzv_endpoint:
+        return "hpmodel-" + "".join(c if c.isalnum() else "-" for c in spec.rdzv_endpoint)
+    return uuid.uuid4().hex[:12]
+
+
 def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
-    """Run ``entrypoint(*args)`` in ``spec.nproc_per_node`` processes; return local rank 0's result."""
+    """Run ``entrypoint(*args)`` in ``spec.nproc_per_node`` processes; return this node's first rank's result."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -64,9 +72,9 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
         rdzv_configs["is_host"] = spec.node_rank == 0
     config = LaunchConfig(
         min_nodes=spec.nnodes, max_nodes=spec.nnodes, nproc_per_node=spec.nproc_per_node,
-        run_id=spec.run_id or uuid.uuid4().hex[:12], rdzv_backend="c10d",
+        run_id=spec.run_id or default_run_id(spec), rdzv_backend="c10d",
         rdzv_endpoint=endpoint, rdzv_configs=rdzv_configs, max_restarts=spec.max_restarts,
-        monitor_interval=0.1, start_method="spawn", local_addr="127.0.0.1"
+        monitor_interval=0.1, start_method=spec.start_method, local_addr="127.0.0.1"
         if endpoint.startswith(("127.", "localhost")) else None,
     )
     try:
@@ -76,7 +84,7 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
     except RuntimeError as error:  # rendezvous could not form: wrong address, peer missing
         raise HpmodelError(f"processes could not meet at rendezvous endpoint {endpoint} "
                            f"({error}): check --rdzv-endpoint and that every node is started") from None
-    return results.get(0) if results else None
+    return results[min(results)] if results else None  # this node's first rank (global rank 0 on node 0)
 
 
 def describe_failure(error) -> str:

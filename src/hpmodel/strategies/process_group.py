@@ -100,9 +100,11 @@ class ProcessGroupStrategy(Strategy):
     def check_devices(self) -> None:
         """Stop before any process starts when the devices asked for do not exist."""
         gpus = accelerator_count()
-        if self.backend == "nccl" and gpus == 0:
-            raise HpmodelError("strategy.backend = 'nccl' needs CUDA GPUs and this machine has none: "
-                               "use backend = 'gloo' (or 'auto') to run on CPU processes")
+        if gpus == 0 and (self.backend == "nccl" or self.uses_cuda):
+            asked = ("strategy.backend = 'nccl'" if self.config.backend == "nccl"
+                     else f"strategy.device = '{self.config.device}'")
+            raise HpmodelError(f"{asked} needs CUDA GPUs and this machine has none: use "
+                               "strategy.device = 'cpu' and backend = 'auto' to run CPU processes (Gloo)")
         if self.uses_cuda and self.local_world_size > gpus:
             raise HpmodelError(f"strategy.devices = {self.local_world_size} but this machine has "
                                f"{gpus} GPU(s): ask for at most {gpus}, or set strategy.device = 'cpu'")
