@@ -103,13 +103,21 @@ def load_distill_config(path: str | Path, overrides: list[str] | None = None):
     return config_from_dict(raw), distill_config_from_dict(distill_raw)
 
 
+# The [data] keys that decide which examples are in the test split (batching may differ).
+SPLIT_KEYS = ("name", "path", "shards", "val_fraction", "test_fraction", "num_examples", "shape",
+              "num_classes", "noise")
+
+
 def check_teacher_data(cfg: RunConfig, teacher_cfg: RunConfig, run_dir) -> None:
     """The teachers' test split must be the student's, or the report would be meaningless."""
-    if teacher_cfg.seed != cfg.seed or teacher_cfg.data != cfg.data:
+    differing = [key for key in SPLIT_KEYS
+                 if getattr(teacher_cfg.data, key) != getattr(cfg.data, key)]
+    if teacher_cfg.seed != cfg.seed:
+        differing.insert(0, "seed")
+    if differing:
         raise HpmodelError(f"teacher '{run_dir}' was trained on other data or another split "
-                           f"(seed {teacher_cfg.seed}, data {teacher_cfg.data.name}) than the config "
-                           f"(seed {cfg.seed}, data {cfg.data.name}): set seed and [data] as in its "
-                           "config.toml, and vary the training seed with distill.seeds")
+                           f"({', '.join(differing)} differ from the config): set seed and [data] "
+                           "as in its config.toml, and vary the training seed with distill.seeds")
 
 
 def split_pool(train, fraction: float, seed: int):

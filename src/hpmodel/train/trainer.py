@@ -200,9 +200,12 @@ class Trainer:
         # Sums stay on the device so the step never waits for a host copy: (loss·n, correct, n).
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         window = torch.zeros(3, dtype=torch.float64, device=device)
-        window_start = time.perf_counter()
+        window_start = epoch_start = time.perf_counter()
+        waited = 0.0  # seconds the loop spent waiting for its next batch
         while not state.stop_training:
+            fetch_start = time.perf_counter()
             group = list(itertools.islice(batches, self.grad_accum))
+            waited += time.perf_counter() - fetch_start
             if not group:
                 break
             callbacks.call("on_step_begin", state)
@@ -221,8 +224,10 @@ class Trainer:
             if self.max_steps and state.global_step >= self.max_steps:
                 state.stop_training = True
         loss_sum, correct, count = self.strategy.reduce(totals, "sum").tolist()
+        wait_fraction = float(self.strategy.reduce(waited / max(time.perf_counter() - epoch_start, 1e-9), "max"))
         state.extra["epoch_logs"] = {"train_loss": loss_sum / max(count, 1),
-                                     "train_accuracy": correct / max(count, 1)}
+                                     "train_accuracy": correct / max(count, 1),
+                                     "input_wait_fraction": wait_fraction}
 
     def train_step(self, state: TrainState, group: list) -> torch.Tensor:
         """One optimizer step over ``group`` micro-batches, weighted so it equals one large batch."""
