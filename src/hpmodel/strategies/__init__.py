@@ -12,6 +12,7 @@ Example::
 from hpmodel.strategies.base import Strategy
 from hpmodel.strategies.mirrored import Mirrored
 from hpmodel.strategies.one_device import OneDevice
+from hpmodel.strategies.parameter_server import ParameterServer
 from hpmodel.strategies.process_group import ProcessGroupStrategy
 from hpmodel.strategies.registry import (available_strategies, get_strategy, register,
                                          strategy_class, strategy_config)

@@ -55,6 +55,8 @@ def train_from_config(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     strategy = build_strategy(cfg)
     atomic_write_bytes(out_dir / "config.toml", to_toml(cfg).encode())
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if hasattr(strategy, "train_from_config"):  # strategies with their own loop (parameter-server)
+        return strategy.train_from_config(cfg, out_dir)
     summary = strategy.launch(train_worker, cfg, str(out_dir), strategy)
     return summary
 
