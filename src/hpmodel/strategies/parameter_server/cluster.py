@@ -130,11 +130,10 @@ def wait_for_members(store, spec: ClusterSpec, processes: dict) -> None:
             raise HpmodelError(f"{', '.join(missing)} did not join the coordinator at {spec.address} "
                                f"within {spec.connect_timeout_s:.0f} s: start them (strategy.role = "
                                "'server' / 'worker' with this coordinator_address) or check the address")
-        try:
-            store.wait([f"joined/{missing[0]}"], timedelta(seconds=0.2))
+        if store.check([f"joined/{missing[0]}"]):  # non-blocking: wait() would log every timeout
             missing.pop(0)
-        except (dist.DistError, RuntimeError):
-            pass
+        else:
+            time.sleep(0.05)
 
 
 def shutdown(processes: dict[str, multiprocessing.Process], alive: list[str]) -> None:
@@ -159,6 +158,39 @@ def shutdown(processes: dict[str, multiprocessing.Process], alive: list[str]) ->
         if process.exitcode is None:
             process.terminate()
             process.join(timeout=5)
+
+
+def run_in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new spawned process; its result, or its HpmodelError raised here."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_report_to, args=(sender, fn, args), name="coordinator")
+    process.start()
+    sender.close()
+    try:
+        kind, value = receiver.recv()
+    except EOFError:  # died without a word (killed)
+        kind, value = "crash", f"the coordinator process ended with exit code {process.exitcode}"
+    finally:
+        process.join(timeout=30)
+    if kind == "ok":
+        return value
+    if kind == "user":
+        raise HpmodelError(value)
+    raise RuntimeError(value)
+
+
+def _report_to(sender, fn, args) -> None:
+    import traceback
+
+    try:
+        message = ("ok", fn(*args))
+    except HpmodelError as error:
+        message = ("user", str(error))
+    except BaseException:  # noqa: BLE001 - the parent re-raises it with the traceback text
+        message = ("crash", traceback.format_exc())
+    sender.send(message)
+    sender.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -79,11 +79,19 @@ def cluster_spec(config) -> cluster.ClusterSpec:
 
 def train(cfg, out_dir, config) -> dict[str, Any]:
     """The whole run (see the module docstring); returns ``summary.json``'s content."""
-    out_dir = Path(out_dir)
     spec = cluster_spec(config)
     if config.role in ("server", "worker"):  # one part of a many-host cluster
         cluster.host_role(spec, f"{config.role}{config.index}")
         return {"role": f"{config.role}{config.index}"}
+    # RPC can be started once per process (its store prefix counts up per process, so a
+    # second init_rpc never meets fresh peers): the coordinator gets a fresh process per run.
+    return cluster.run_in_fresh_process(coordinate, cfg, str(out_dir), config, spec)
+
+
+def coordinate(cfg, out_dir: str, config, spec) -> dict[str, Any]:
+    """The coordinator process: start the local servers and workers, run, write the run directory."""
+    torch.set_num_threads(1)
+    out_dir = Path(out_dir)
     started = time.perf_counter()
     names = spec.names()
     processes = cluster.start_local(spec, names[1:]) if config.role == "all" else {}
