@@ -163,3 +163,51 @@ def test_unreachable_peer_fails_clearly_within_30_seconds(tmp_path, role):
     assert proc.returncode == 2, proc.stderr[-2000:]
     expected = "cannot reach the coordinator" if role == "worker" else "did not join the coordinator"
     assert expected in proc.stderr + proc.stdout
+
+
+def make_server(backup_dir: Path, mode: str = "async"):
+    import torch
+
+    from hpmodel.config import OptimizerConfig
+    from hpmodel.strategies.parameter_server.server import ServerSpec, ShardServer
+    from hpmodel.train.optim import optimizer_factory
+
+    torch.manual_seed(0)
+    spec = ServerSpec(index=0, tensors={"w": torch.randn(4, 3), "b": torch.zeros(4)},
+                      optimizer_factory=optimizer_factory(OptimizerConfig(name="adamw", lr=0.1)),
+                      mode=mode, backup_dir=str(backup_dir), backup_every_steps=2)
+    return ShardServer(spec)
+
+
+def test_server_applies_each_step_once_and_resumes_from_its_backup(tmp_path):
+    import torch
+
+    server = make_server(tmp_path)
+    grads = {"w": torch.ones(4, 3), "b": torch.ones(4)}
+    assert server.push(0, grads, read_version=0) == 0
+    assert server.push(1, grads, read_version=0) == 1  # one update landed since its pull
+    assert server.push(1, grads, read_version=0) is None  # a re-run step: dropped
+    assert server.push(2, grads, read_version=2) == 0
+    server.write_backup()
+    version, params = server.pull()
+    restarted = make_server(tmp_path)  # a new server process with the same backup directory
+    assert restarted.version == version == 3 and restarted.applied == {0, 1, 2}
+    for key, value in restarted.pull()[1].items():
+        assert torch.equal(value, params[key]), key
+    server.push(3, grads, 3)
+    restarted.push(3, grads, 3)  # the optimizer state came back too: the same next update
+    for key, value in restarted.pull()[1].items():
+        assert torch.equal(value, server.pull()[1][key]), key
+
+
+def test_sync_server_averages_a_round_into_one_update(tmp_path):
+    import torch
+
+    server = make_server(tmp_path / "a", mode="sync")
+    single = make_server(tmp_path / "b", mode="async")
+    server.push(0, {"w": torch.ones(4, 3), "b": torch.ones(4)}, 0)
+    server.push(1, {"w": 3 * torch.ones(4, 3), "b": 3 * torch.ones(4)}, 0)
+    assert server.version == 0 and server.apply_round([0, 1]) == 1
+    single.push(0, {"w": 2 * torch.ones(4, 3), "b": 2 * torch.ones(4)}, 0)
+    for key, value in server.pull()[1].items():
+        assert torch.allclose(value, single.pull()[1][key]), key

@@ -67,6 +67,7 @@ class Coordinator:
         self.results: queue.Queue = queue.Queue()
         self.clock_gap_max = 0  # SSP: most steps any worker was ahead of the slowest at dispatch
         self.window = collections.Counter()
+        self.last_error = ""
 
     @property
     def alive(self) -> list[str]:
@@ -162,6 +163,7 @@ class Coordinator:
                                    f"({result['error'].splitlines()[0][:200]}): restart the run; "
                                    "servers resume from their backups")
             stats.alive, stats.lost_steps = False, stats.lost_steps + 1
+            self.last_error = f"{name}: {result['error'].splitlines()[0][:300]}"
             log({"kind": "event", "event": "worker_lost", "worker": name, "step_id": step[0],
                  "message": result["error"].splitlines()[0][:200]})
             self.require_workers()
@@ -192,8 +194,8 @@ class Coordinator:
 
     def require_workers(self) -> None:
         if not self.alive:
-            raise HpmodelError("every parameter-server worker died: see their errors above, then "
-                               "start the run again (servers resume from their backups)")
+            raise HpmodelError(f"every parameter-server worker died (last: {self.last_error}): fix "
+                               "the cause, then start the run again (servers resume from their backups)")
 
     def call_servers(self, fn, *args):
         futures = [rpc.rpc_async(name, fn, args=args, timeout=self.rpc_timeout_s) for name in self.servers]

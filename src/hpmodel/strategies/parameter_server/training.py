@@ -121,7 +121,6 @@ def rpc_initialized() -> bool:
 def run_cluster(cfg, out_dir: Path, config, spec, processes) -> dict[str, Any]:
     """Set up servers and workers over RPC, run the steps, pull the final variables."""
     from hpmodel.datasets import load_splits
-    from hpmodel.train.optim import optimizer_factory, schedule_factory
     from hpmodel.train.run import ModelFactory
 
     splits = load_splits(cfg.data, cfg.seed)
@@ -132,10 +131,40 @@ def run_cluster(cfg, out_dir: Path, config, spec, processes) -> dict[str, Any]:
     placement = place_variables({k: v.numel() for k, v in initial.items()}, servers)
     steps = plan_steps(len(splits.train), cfg.data.batch_size, cfg.train.epochs, cfg.seed,
                        cfg.train.max_steps)
-    updates = len(steps) if config.mode != "sync" else math.ceil(len(steps) / config.workers)
+    applied = set_up_roles(cfg, out_dir, config, initial, placement, factory, workers, len(steps))
+    from hpmodel.train.run_dir import write_json
+
+    pids = {name: process.pid for name, process in processes.items()}
+    write_json(out_dir / "ps-cluster.json", {"pids": pids, "address": spec.address,
+                                              "placement": placement})
+    remaining = [step for step in steps if step[0] not in applied]
+    coordinator = Coordinator(workers, servers, mode=config.mode, staleness_bound=config.staleness_bound,
+                              rpc_timeout_s=config.rpc_timeout_s, log_every_steps=cfg.train.log_every_steps)
+    metrics = MetricsFile(out_dir / "metrics.jsonl")
+    report = coordinator.run(remaining, log=metrics)
+    coordinator.call_servers(server.backup)
+    final = dict(factory().state_dict())  # buffers stay as built: the servers hold parameters only
+    for _version, tensors in coordinator.call_servers(server.pull):
+        final.update(tensors)
+    rows = report.pop("rows")
+    metrics.rows(rows)
+    return {**report, **evaluate(factory, final, splits.test), "per_worker": rows,
+            "resumed_steps": len(steps) - len(remaining), "strategy": f"parameter-server ({config.mode})",
+            "mode": config.mode, "workers": config.workers, "servers": config.servers,
+            "epochs": cfg.train.epochs,
+            "staleness_bound": config.staleness_bound if config.mode == "bounded" else None,
+            "parameters": sum(v.numel() for v in initial.values()), "_state_dict": final}
+
+
+def set_up_roles(cfg, out_dir: Path, config, initial, placement, factory, workers, num_steps) -> set[int]:
+    """Build every server's shard and every worker's model and data, all at once (each
+    process imports and loads on its own); returns the step ids every server already has."""
+    from hpmodel.train.optim import optimizer_factory, schedule_factory
+
+    updates = num_steps if config.mode != "sync" else math.ceil(num_steps / config.workers)
     backup_dir = config.backup_dir or cfg.backup.dir or str(out_dir / "ps-backup")
-    futures = []  # servers and workers set up at once: each imports and loads on its own
-    for index, name in enumerate(servers):
+    futures = []
+    for index, name in enumerate(placement):
         server_spec = server.ServerSpec(
             index=index, tensors={k: initial[k] for k in placement[name]},
             optimizer_factory=optimizer_factory(cfg.optimizer), schedule_factory=schedule_factory(cfg.schedule),
@@ -150,30 +179,7 @@ def run_cluster(cfg, out_dir: Path, config, spec, processes) -> dict[str, Any]:
         futures.append(rpc.rpc_async(name, worker.setup_worker, args=(worker_spec,), timeout=120))
     answers = [future.wait() for future in futures]
     # a step counts as done when every server has it (the others drop its second update)
-    applied = set.intersection(*(set(done) for _, done in answers[:len(servers)]))
-    setups = answers[len(servers):]
-    pids = dict(zip(workers, setups))
-    pids.update({name: process.pid for name, process in processes.items() if name in servers})
-    from hpmodel.train.run_dir import write_json
-
-    write_json(out_dir / "ps-cluster.json", {"pids": pids, "address": spec.address,
-                                              "placement": placement})
-    remaining = [step for step in steps if step[0] not in applied]
-    coordinator = Coordinator(workers, servers, mode=config.mode, staleness_bound=config.staleness_bound,
-                              rpc_timeout_s=config.rpc_timeout_s, log_every_steps=cfg.train.log_every_steps)
-    report = coordinator.run(remaining, log=MetricsFile(out_dir / "metrics.jsonl"))
-    coordinator.call_servers(server.backup)
-    final = dict(factory().state_dict())  # buffers stay as built: the servers hold parameters only
-    for _version, tensors in coordinator.call_servers(server.pull):
-        final.update(tensors)
-    test = evaluate(factory, final, splits.test)
-    MetricsFile(out_dir / "metrics.jsonl").rows(report["rows"])
-    rows = report.pop("rows")
-    return {**report, **test, "per_worker": rows, "resumed_steps": len(steps) - len(remaining),
-            "strategy": f"parameter-server ({config.mode})", "mode": config.mode,
-            "workers": config.workers, "servers": config.servers, "epochs": cfg.train.epochs,
-            "staleness_bound": config.staleness_bound if config.mode == "bounded" else None,
-            "parameters": sum(v.numel() for v in initial.values()), "_state_dict": final}
+    return set.intersection(*(set(done) for _, done in answers[:len(placement)]))
 
 
 def evaluate(factory, state_dict: dict[str, torch.Tensor], split, batch_size: int = 256) -> dict:
