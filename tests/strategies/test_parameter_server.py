@@ -143,13 +143,20 @@ def test_bounded_staleness_holds_a_fast_worker_back(tmp_path):
     assert summary["steps"] == 60
 
 
-def test_sync_rounds_have_no_staleness(tmp_path):
+def test_sync_rounds_equal_one_device_at_the_same_global_batch(tmp_path):
+    import torch
+
     config = write_config(tmp_path, epochs=1)
     out = tmp_path / "ps"
     run_cli(*ps_args(config, out, 'strategy.mode="sync"', "train.max_steps=40"), timeout=180, check=True)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["staleness_max"] == 0 and summary["steps"] == 40
     assert [row["steps"] for row in summary["per_worker"]] == [20, 20]
+    # 20 rounds of 2 × 32 examples = 20 OneDevice steps of 64, in the same order.
+    train_from_config(load_config(config, ["data.batch_size=64", "train.max_steps=20"]), tmp_path / "one")
+    one, two = load_weights(tmp_path / "one" / "model.safetensors"), load_weights(out / "model.safetensors")
+    for key, value in one.items():
+        assert torch.allclose(value, two[key], rtol=1e-4, atol=1e-5), key
 
 
 @pytest.mark.parametrize("role", ["worker", "coordinator"])

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -113,8 +114,10 @@ def join(spec: ClusterSpec, name: str, processes: dict | None = None) -> None:
                                "strategy.coordinator_address and that the coordinator runs") from None
     options = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://{spec.host}:{rpc_port}",
                                               rpc_timeout=spec.connect_timeout_s)
-    rpc.init_rpc(name, rank=spec.rank_of(name), world_size=len(spec.names()),
-                 rpc_backend_options=options)
+    with warnings.catch_warnings():  # torch's own RPC start-up uses an API it deprecates
+        warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
+        rpc.init_rpc(name, rank=spec.rank_of(name), world_size=len(spec.names()),
+                     rpc_backend_options=options)
 
 
 def wait_for_members(store, spec: ClusterSpec, processes: dict) -> None:
@@ -165,7 +168,15 @@ def run_in_fresh_process(fn, *args):
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_report_to, args=(sender, fn, args), name="coordinator")
-    process.start()
+    # TensorPipe logs a warning for every peer that leaves, dead or done: keep errors only
+    # (the cluster's processes inherit the environment; this process's own is left as it was).
+    previous = os.environ.get("TORCH_CPP_LOG_LEVEL")
+    os.environ["TORCH_CPP_LOG_LEVEL"] = previous or "ERROR"
+    try:
+        process.start()
+    finally:
+        if previous is None:
+            del os.environ["TORCH_CPP_LOG_LEVEL"]
     sender.close()
     try:
         kind, value = receiver.recv()
