@@ -68,6 +68,7 @@ class Coordinator:
         self.clock_gap_max = 0  # SSP: most steps any worker was ahead of the slowest at dispatch
         self.window = collections.Counter()
         self.last_error = ""
+        self.window_start = time.perf_counter()
 
     @property
     def alive(self) -> list[str]:
