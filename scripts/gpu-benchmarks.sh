@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run benchmarks (and the GPU-only tests) on a GPU machine, each under its own time limit,
 # and pack every table, JSON, plot and log into one archive.
-#   scripts/gpu-benchmarks.sh OUT_DIR TAG [tests] [NAME[:SECONDS][:KEY=VALUE,...]]...
+#   scripts/gpu-benchmarks.sh OUT_DIR TAG [tests] [NAME[:SECONDS][:KEY=VALUE;...]]...
 #   e.g. scripts/gpu-benchmarks.sh "$OUT" a tests scaling:330 pipeline:240
 set -uo pipefail
 out=$1 tag=$2; shift 2
@@ -18,7 +18,7 @@ for item in "$@"; do
   fi
   IFS=: read -r name seconds sets <<<"$item"
   args=()
-  if [ -n "${sets:-}" ]; then IFS=, read -ra pairs <<<"$sets"; for p in "${pairs[@]}"; do args+=(--set "$p"); done; fi
+  if [ -n "${sets:-}" ]; then IFS=";" read -ra pairs <<<"$sets"; for p in "${pairs[@]}"; do args+=(--set "$p"); done; fi
   echo "=== bench $name (limit ${seconds:-300}s) ${args[*]:-}"
   start=$(date +%s)
   timeout "${seconds:-300}" python3 -m hpmodel bench "$name" --out "$work/$name" "${args[@]}" \

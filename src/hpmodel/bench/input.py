@@ -335,3 +335,8 @@ def run_input_bench(out_dir: str, quick: bool = False, workers: int | None = Non
     with open(os.path.join(out_dir, "input.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     return results
+
+
+def run_bench(out_dir, quick: bool = False, workers: int | None = None) -> dict:
+    """The ``hpmodel bench input`` entry point (see :func:`run_input_bench`)."""
+    return run_input_bench(str(out_dir), quick=quick, workers=workers)

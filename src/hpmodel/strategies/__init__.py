@@ -14,12 +14,14 @@ from hpmodel.strategies.central_storage import CentralStorage
 from hpmodel.strategies.mirrored import Mirrored
 from hpmodel.strategies.multi_worker import MultiWorker
 from hpmodel.strategies.one_device import OneDevice
+from hpmodel.strategies.parameter_server import ParameterServer
 from hpmodel.strategies.pipeline import Pipeline
 from hpmodel.strategies.process_group import ProcessGroupStrategy
 from hpmodel.strategies.sharded import Sharded
 from hpmodel.strategies.registry import (available_strategies, get_strategy, register,
                                          strategy_class, strategy_config)
 
-__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "ProcessGroupStrategy",
+__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "ParameterServer", "Pipeline",
+           "ProcessGroupStrategy",
            "Sharded", "Strategy", "available_strategies", "get_strategy", "register",
            "strategy_class", "strategy_config"]

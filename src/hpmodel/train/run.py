@@ -62,6 +62,8 @@ def train_from_config(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     atomic_write_bytes(out_dir / "config.toml", to_toml(cfg).encode())
     if not (cfg.backup.dir and step_folders(cfg.backup.dir)):  # a resumed run keeps its metrics
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if hasattr(strategy, "train_from_config"):  # strategies with their own loop (parameter-server)
+        return strategy.train_from_config(cfg, out_dir)
     summary = strategy.launch(train_worker, cfg, str(out_dir), strategy)
     return summary
 
