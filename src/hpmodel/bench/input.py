@@ -223,15 +223,16 @@ def _train_loop(batches, model, opt, device, to_device: bool) -> dict:
     return {"steps": steps, "wall_seconds": wall, "input_bound_fraction": wait / wall}
 
 
-def case_gpu(quick: bool, workers: int) -> dict:
+def case_gpu(quick: bool, workers: int, device: torch.device | None = None,
+             images: int | None = None, width: int = 256) -> dict:
     """(c): input-bound fraction of a GPU loop, DataLoader vs hpmodel with/without prefetch."""
-    if not torch.cuda.is_available():
+    if device is None and not torch.cuda.is_available():
         return {"skipped": "needs a CUDA GPU: run `hpmodel bench input` on the GPU machine"}
-    device = torch.device("cuda")
+    device = device or torch.device("cuda")
     n, batch = (8192, 256) if quick else (32768, 256)
+    n = images or n
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,))
-    width = 256
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(),
         torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -243,12 +244,13 @@ def case_gpu(quick: bool, workers: int) -> dict:
     fast = (source.map(_augment, num_parallel_calls=workers, use_processes=True).batch(batch)
             .prefetch(hd.AUTOTUNE).prefetch_to_device(device))
     loader = DataLoader(_AugmentedImages(images, labels), batch_size=batch, shuffle=True,
-                        num_workers=workers, pin_memory=True)
+                        num_workers=workers, pin_memory=device.type == "cuda")
     _train_loop(fast.take(4), model, opt, device, False)  # warm up kernels and pools
     rows = {"torch DataLoader": _train_loop(loader, model, opt, device, True),
             "hpmodel no prefetch, sequential map": _train_loop(plain, model, opt, device, True),
             "hpmodel parallel map + prefetch to device": _train_loop(fast, model, opt, device, False)}
-    return {"images": n, "batch": batch, "workers": workers, "device": torch.cuda.get_device_name(),
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return {"images": n, "batch": batch, "workers": workers, "device": name,
             "runs": rows, "hpmodel_stats": fast.stats()}
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from .core import AUTOTUNE, INFINITE, UNKNOWN, Context, Node, drain, seeded_rng, timed_iter
 from .parallel import Tuner, parallel_map
-from .sources import shard_count, shard_position
+from .sources import IndexSource, shard_count, shard_position
 
 clock = time.perf_counter
 
@@ -38,8 +38,21 @@ class MapNode(Node):
         self.use_processes = use_processes
         self.chunk_size = chunk_size
 
+    def _inputs(self, ctx: Context, skip: int) -> tuple[Iterator, Callable]:
+        """Upstream elements and the function to apply to them.
+
+        Process workers right above an indexable source receive indices and read the
+        source themselves (inherited through fork), like DataLoader workers: the
+        consumer then only dispatches integers instead of pickling elements.
+        """
+        up = self.upstream
+        if self.use_processes and isinstance(up, IndexSource):
+            self.stage(ctx).extra["reads_source_in_workers"] = True
+            return iter(up.order(ctx)[skip:].tolist()), GetThenApply(up.getter, self.fn)
+        return up.iterate(ctx, skip), self.fn  # map is 1:1, so skip passes down
+
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
-        inputs = self.upstream.iterate(ctx, skip)  # map is 1:1, so skip passes down
+        inputs, fn = self._inputs(ctx, skip)
         stage = self.stage(ctx)
         calls = self.num_parallel_calls
         if calls in (None, 0, 1) and not self.use_processes:
@@ -52,21 +65,21 @@ class MapNode(Node):
             workers = max(1, calls or 1)
         stage.extra["workers"] = workers
         chunk = self.chunk_size or (16 if self.use_processes else 1)
-        return parallel_map(inputs, self.fn, workers, tuner, self.deterministic, stage,
+        return parallel_map(inputs, fn, workers, tuner, self.deterministic, stage,
                             processes=self.use_processes, chunk_size=chunk)
 
     def iterate_batched(self, ctx: Context, skip: int, batch: "BatchNode") -> Iterator:
         """Fused ``map().batch()`` for process workers: each worker maps and collates."""
         from .parallel import ApplyCollate
 
-        inputs = self.upstream.iterate(ctx, skip)
+        inputs, fn = self._inputs(ctx, skip)
         stage = self.stage(ctx)
         workers = ctx.cpu_share if self.num_parallel_calls == AUTOTUNE else self.num_parallel_calls
         stage.extra.update(workers=workers, fused_with_batch=True)
         drop = batch.batch_size if batch.drop_remainder else 0
-        return parallel_map(inputs, self.fn, max(1, workers or 1), None, self.deterministic,
+        return parallel_map(inputs, fn, max(1, workers or 1), None, self.deterministic,
                             stage, processes=True, chunk_size=batch.batch_size,
-                            chunk_fn=ApplyCollate(self.fn, batch.collate, drop))
+                            chunk_fn=ApplyCollate(fn, batch.collate, drop))
 
     def _sequential(self, inputs: Iterator, stage) -> Iterator:
         fn = self.fn
@@ -78,6 +91,16 @@ class MapNode(Node):
 
     def cardinality(self) -> int:
         return self.upstream.cardinality()
+
+
+class GetThenApply:
+    """``fn(getter(i))``: what a process worker runs when it reads the source itself."""
+
+    def __init__(self, getter: Callable[[int], Any], fn: Callable):
+        self.getter, self.fn = getter, fn
+
+    def __call__(self, index: int) -> Any:
+        return self.fn(self.getter(index))
 
 
 class FilterNode(Node):
