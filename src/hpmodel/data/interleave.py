@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import fsspec
 
 from .core import AUTOTUNE, UNKNOWN, Context, Node, check_positive, drain
-from .shards import count_records, is_tar, read_shard
+from .shards import count_records, fetch_blocks, is_tar, parse_blocks
 from .sources import IndexSource
 
 clock = time.perf_counter
@@ -43,7 +43,7 @@ class _Reader:
     CHUNK = 64
     FLUSH_SECONDS = 0.005
 
-    def __init__(self, open_fn: Callable[[], Iterable], stage, capacity: int = 4):
+    def __init__(self, open_fn: Callable[[], Iterable], stage, capacity: int = 2):
         self.queue: queue.Queue = queue.Queue(capacity)
         self.local: deque = deque()
         self.stop = threading.Event()
@@ -102,6 +102,30 @@ class _Reader:
         self.stop.set()
 
 
+class _Slot:
+    """One open input: the element iterator plus the reader thread feeding it, if any."""
+
+    def __init__(self, iterator: Iterator, reader: _Reader | None):
+        self.iterator, self.reader = iterator, reader
+
+    def __next__(self) -> Any:
+        return next(self.iterator)
+
+    def __iter__(self) -> "_Slot":
+        return self
+
+    def ready(self) -> bool:
+        """Whether the reader has data buffered (always true without a thread)."""
+        return self.reader is None or self.reader.ready()
+
+    def close(self) -> None:
+        """Stop the reader thread and release the parser."""
+        if self.reader is not None:
+            self.reader.close()
+        if hasattr(self.iterator, "close"):
+            self.iterator.close()
+
+
 def plan_resume(inputs: list, sizes: list[int], cycle: int, block: int, skip: int) -> tuple:
     """The round-robin state after ``skip`` elements, computed from input sizes only.
 
@@ -149,9 +173,12 @@ class InterleaveNode(Node):
     def __init__(self, upstream: Node, fn: Callable, cycle_length: int, block_length: int,
                  num_parallel_calls: int | None, deterministic: bool,
                  opener: Callable[[Any, int], Iterable] | None = None,
+                 finisher: Callable | None = None,
                  sizer: Callable[[Any], int | None] | None = None):
         super().__init__(upstream)
-        self.fn, self.opener, self.sizer = fn, opener, sizer
+        # opener(element, start) runs in the reader thread (I/O); finisher(element, raw,
+        # start, on_skip) turns its output into elements in the consumer thread (CPU).
+        self.fn, self.opener, self.finisher, self.sizer = fn, opener, finisher, sizer
         self.cycle_length, self.block_length = cycle_length, block_length
         self.num_parallel_calls, self.deterministic = num_parallel_calls, deterministic
         self._sizes: dict = {}
@@ -172,21 +199,22 @@ class InterleaveNode(Node):
                 skip = 0
         return drain(self._run(ctx, inputs, cycle, state), skip)
 
-    def _open(self, element, start: int, ctx: Context, threaded: bool):
-        stage = self.stage(ctx)
+    def _open(self, element, start: int, ctx: Context, threaded: bool) -> "_Slot":
         if self.opener is not None:
-            make = lambda: self.opener(element, start, ctx.stats.count_skipped)  # noqa: E731
+            make = lambda: self.opener(element, start)  # noqa: E731
         else:
             make = lambda: self.fn(element)  # noqa: E731
-        if threaded:
-            return _Reader(make, stage)
-        return iter(make())
+        reader = _Reader(make, self.stage(ctx)) if threaded else None
+        raw = reader if reader is not None else iter(make())
+        if self.finisher is not None:
+            raw = self.finisher(element, raw, start, ctx.stats.count_skipped)
+        return _Slot(raw, reader)
 
     def _run(self, ctx: Context, inputs: list, cycle: int, state) -> Iterator:
         stage = self.stage(ctx)
         calls = self.num_parallel_calls
         threaded = calls not in (None, 0, 1)
-        lookahead = [cycle if calls == AUTOTUNE else max(0, (calls or 0) - cycle)]
+        lookahead = [max(cycle, 4) if calls == AUTOTUNE else max(0, (calls or 0) - cycle)]
         ahead: deque = deque()  # readers opened early for upcoming inputs
         nxt = [0]
 
@@ -212,25 +240,26 @@ class InterleaveNode(Node):
             yield from self._cycle(slots, cur, taken, open_next, stage, lookahead, calls)
         finally:
             for r in list(slots) + list(ahead):
-                if isinstance(r, _Reader):
+                if r is not None:
                     r.close()
 
     def _cycle(self, slots, cur, taken, open_next, stage, lookahead, calls) -> Iterator:
         block, cycle = self.block_length, len(slots)
         while any(s is not None for s in slots):
             reader = slots[cur]
-            if reader is not None and not self.deterministic and isinstance(reader, _Reader) \
-                    and not reader.ready():
-                ready = [i for i, s in enumerate(slots) if isinstance(s, _Reader) and s.ready()]
+            if reader is not None and not self.deterministic and not reader.ready():
+                ready = [i for i, s in enumerate(slots) if s is not None and s.ready()]
                 if ready:  # sloppy mode: serve a reader that has data
                     cur, taken = ready[0], 0
                     reader = slots[cur]
             while reader is not None and taken < block:
                 t0 = clock()
                 item = next(reader, _END)
-                if calls == AUTOTUNE and isinstance(reader, _Reader) and clock() - t0 > 1e-3 \
+                if calls == AUTOTUNE and reader.reader is not None and clock() - t0 > 1e-3 \
                         and lookahead[0] < MAX_LOOKAHEAD:
-                    lookahead[0] += 1  # waited on a reader: open more inputs ahead
+                    # waited on a reader: open more inputs ahead (threads waiting on I/O
+                    # cost no CPU; memory is bounded by 2 blocks per reader)
+                    lookahead[0] = min(MAX_LOOKAHEAD, lookahead[0] + max(1, lookahead[0] // 2))
                     stage.extra["lookahead"] = lookahead[0]
                 if item is _END:
                     slots[cur] = open_next()
@@ -297,13 +326,10 @@ def list_shards(source: Any) -> list[str]:
     return [fs.unstrip_protocol(p) for p in found]
 
 
-def _open_shard(ignore_errors: bool) -> Callable:
-    def opener(url: str, start: int = 0, on_skip=None) -> Iterator:
-        try:
-            yield from read_shard(url, start, ignore_errors, on_skip)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"shard '{url}' does not exist: check data.shards") from None
-    return opener
+def _shard_finisher(ignore_errors: bool) -> Callable:
+    def finish(url: str, raw: Iterable, start: int, on_skip) -> Iterator:
+        return parse_blocks(raw, url, ignore_errors, on_skip, start)
+    return finish
 
 
 def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool = False,
@@ -329,8 +355,8 @@ def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool =
     files = IndexSource(urls.__getitem__, len(urls), "shard-files")
     if shuffle_shards:
         files.shuffle_seed = random_seed() if seed is None else int(seed)
-    opener = _open_shard(ignore_errors)
-    node = InterleaveNode(files, lambda url: opener(url), cycle_length=1, block_length=1,
-                          num_parallel_calls=None, deterministic=True, opener=opener,
+    node = InterleaveNode(files, None, cycle_length=1, block_length=1,
+                          num_parallel_calls=None, deterministic=True, opener=fetch_blocks,
+                          finisher=_shard_finisher(ignore_errors),
                           sizer=lambda url: None if is_tar(url) else count_records(url))
     return Pipeline(node)
