@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import default_collate
 
 from .core import AUTOTUNE, INFINITE, UNKNOWN, Context, Node, drain, seeded_rng, timed_iter
-from .parallel import Tuner, parallel_map
+from .parallel import ApplyEach, Tuner, parallel_map
 from .sources import IndexSource, shard_count, shard_position
 
 clock = time.perf_counter
@@ -65,8 +66,11 @@ class MapNode(Node):
             workers = max(1, calls or 1)
         stage.extra["workers"] = workers
         chunk = self.chunk_size or (16 if self.use_processes else 1)
+        runner = None
+        if self.use_processes:
+            runner = self._runner(("each", chunk, workers), ApplyEach(fn), workers)
         return parallel_map(inputs, fn, workers, tuner, self.deterministic, stage,
-                            processes=self.use_processes, chunk_size=chunk)
+                            processes=self.use_processes, chunk_size=chunk, runner=runner)
 
     def iterate_batched(self, ctx: Context, skip: int, batch: "BatchNode") -> Iterator:
         """Fused ``map().batch()`` for process workers: each worker maps and collates."""
@@ -77,9 +81,39 @@ class MapNode(Node):
         workers = ctx.cpu_share if self.num_parallel_calls == AUTOTUNE else self.num_parallel_calls
         stage.extra.update(workers=workers, fused_with_batch=True)
         drop = batch.batch_size if batch.drop_remainder else 0
-        return parallel_map(inputs, fn, max(1, workers or 1), None, self.deterministic,
-                            stage, processes=True, chunk_size=batch.batch_size,
-                            chunk_fn=ApplyCollate(fn, batch.collate, drop))
+        workers = max(1, workers or 1)
+        chunk_fn = ApplyCollate(fn, batch.collate, drop)
+        runner = self._runner(("batch", batch.batch_size, drop, workers), chunk_fn, workers)
+        return parallel_map(inputs, fn, workers, None, self.deterministic, stage,
+                            processes=True, chunk_size=batch.batch_size, runner=runner)
+
+    def _runner(self, key: tuple, chunk_fn: Callable, workers: int):
+        """Process workers kept across epochs (like DataLoader's persistent_workers).
+
+        They are forked once, at the first epoch, and stopped when this stage is
+        garbage-collected or the program exits (they are daemon processes).
+        """
+        from .workers import ProcessRunner
+
+        cached = self.__dict__.get("_workers")
+        if cached is not None and cached.key == key and cached.claim():
+            return cached
+        runner = ProcessRunner(chunk_fn, workers)
+        runner.key = key
+        runner.claim()
+        if cached is None or not cached.busy:
+            if cached is not None:
+                cached.persistent = False
+                cached.close()
+            runner.persistent = True
+            self._workers = runner
+            weakref.finalize(self, runner.close)
+        return runner
+
+    def clone(self, upstream: Node | None) -> Node:
+        new = super().clone(upstream)
+        new._workers = None  # worker processes are never shared between stages
+        return new
 
     def _sequential(self, inputs: Iterator, stage) -> Iterator:
         fn = self.fn
