@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from .core import AUTOTUNE, INFINITE, UNKNOWN, Context, Node, drain, seeded_rng, timed_iter
+from .core import AUTOTUNE, INFINITE, Context, Node, drain, seeded_rng, timed_iter
 from .parallel import ApplyEach, Tuner, parallel_map
 from .sources import IndexSource, shard_count, shard_position
 
@@ -365,36 +365,3 @@ class ShardNode(Node):
 
     def cardinality(self) -> int:
         return shard_count(self.upstream.cardinality(), *self.spec)
-
-
-class MemoryCacheNode(Node):
-    """Elements of the first complete pass kept in memory and replayed afterwards."""
-
-    kind = "cache"
-    one_to_one = True
-
-    def __init__(self, upstream: Node):
-        super().__init__(upstream)
-        self.store: list | None = None
-
-    def clone(self, upstream: Node | None) -> Node:
-        new = super().clone(upstream)
-        new.store = None
-        return new
-
-    def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
-        if self.store is not None:
-            return iter(self.store[skip:])
-        return self._fill(ctx, skip)
-
-    def _fill(self, ctx: Context, skip: int) -> Iterator:
-        items = [] if skip == 0 else None  # a partial pass cannot fill the cache
-        for item in self.upstream.iterate(ctx, skip):
-            if items is not None:
-                items.append(item)
-            yield item
-        if items is not None:
-            self.store = items
-
-    def cardinality(self) -> int:
-        return len(self.store) if self.store is not None else self.upstream.cardinality()
