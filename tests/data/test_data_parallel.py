@@ -87,3 +87,10 @@ def test_stats_report_stage_times_and_input_bound_fraction():
     assert map_stage["elements"] == 64 and map_stage["busy_seconds"] >= 0.05
     assert 0.3 < stats["input_bound_fraction"] < 1.0
     assert stats["elements"] == 8 and stats["wall_seconds"] >= stats["wait_seconds"]
+
+
+def test_process_workers_draw_different_random_numbers():
+    pipe = hd.from_tensors(X).map(lambda v: float(torch.rand(())), num_parallel_calls=2,
+                                  use_processes=True, chunk_size=1)
+    draws = run_epoch(pipe)
+    assert len(set(draws)) == len(draws)

@@ -135,11 +135,13 @@ def test_corrupt_record_names_shard_and_offset(mem_shards):
 
 def test_truncated_and_foreign_files(tmp_path):
     path = hd.write_shards((np.arange(10),), str(tmp_path), records_per_shard=10)[0]
-    raw = open(path, "rb").read()
-    open(path, "wb").write(raw[:40])
+    from pathlib import Path
+
+    raw = Path(path).read_bytes()
+    Path(path).write_bytes(raw[:40])
     with pytest.raises(hd.CorruptRecordError, match="truncated"):
         list(hd.read_shard(path))
-    open(path, "wb").write(b"hello world, not a shard at all")
+    Path(path).write_bytes(b"hello world, not a shard at all")
     with pytest.raises(hd.CorruptRecordError, match="not an hpmodel shard"):
         list(hd.read_shard(path))
 

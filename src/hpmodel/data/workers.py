@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import queue
+import random
 import threading
 import time
 import traceback
@@ -67,9 +68,14 @@ class _PackedTensor:
         return (_PackedTensor, (self.array,))
 
 
-def _worker_main(chunk_fn: Callable, tasks, results) -> None:
+def _worker_main(chunk_fn: Callable, tasks, results, seed: int) -> None:
     """Body of one worker process: run ``chunk_fn`` on each task, in order."""
     torch.set_num_threads(1)  # like DataLoader workers: no oversubscription
+    # Forked workers inherit the parent's RNG states; without reseeding every worker
+    # would draw the same "random" augmentations (DataLoader seeds the same way).
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     inbox: queue.Queue = queue.Queue()
 
     def receive() -> None:
@@ -119,10 +125,12 @@ class ProcessRunner:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.procs, self.tasks, self.results = [], [], []
-        for _ in range(workers):
+        base_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        for worker in range(workers):
             task_out, task_in = ctx.Pipe(duplex=False)
             result_out, result_in = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker_main, args=(chunk_fn, task_out, result_in),
+            proc = ctx.Process(target=_worker_main, args=(chunk_fn, task_out, result_in,
+                                                              base_seed + worker),
                                daemon=True, name="hpmodel-map-worker")
             proc.start()
             task_out.close()
