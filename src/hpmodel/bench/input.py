@@ -100,7 +100,12 @@ def _compare(makers: dict[str, Callable], n_elements: int, repeats: int) -> dict
 
 
 def case_map(quick: bool, workers: int) -> dict:
-    """(a): DataLoader vs hpmodel.data parallel map at equal worker counts."""
+    """(a): DataLoader vs hpmodel.data parallel map at equal worker counts.
+
+    Example::
+
+        case_map(quick=True, workers=2)["ratio_vs_dataloader"]
+    """
     n = 1200 if quick else 4000
     repeats = 3
     x, y = torch.randn(n, 64), torch.arange(n)
@@ -119,7 +124,12 @@ def case_map(quick: bool, workers: int) -> dict:
 
 # --- (b) many small files behind a 20 ms time-to-first-byte ---------------------------
 class SlowMemoryFileSystem(MemoryFileSystem):
-    """fsspec's in-memory filesystem with a fixed delay on every open (remote latency)."""
+    """fsspec's in-memory filesystem with a fixed delay on every open (remote latency).
+
+    Example::
+
+        fsspec.register_implementation("slowmem", SlowMemoryFileSystem)
+    """
 
     protocol = "slowmem"
     delay = 0.020
@@ -150,7 +160,12 @@ class _ShardFiles(IterableDataset):
 
 
 def case_files(quick: bool, workers: int) -> dict:
-    """(b): DataLoader vs sequential vs interleaved reading of latency-bound files."""
+    """(b): DataLoader vs sequential vs interleaved reading of latency-bound files.
+
+    Example::
+
+        case_files(quick=True, workers=2)["ratio_vs_dataloader"]
+    """
     fsspec.register_implementation("slowmem", SlowMemoryFileSystem, clobber=True)
     files, per_file = (48, 16) if quick else (160, 16)
     root = f"memory://bench-input-{uuid.uuid4().hex}"
@@ -225,7 +240,12 @@ def _train_loop(batches, model, opt, device, to_device: bool) -> dict:
 
 def case_gpu(quick: bool, workers: int, device: torch.device | None = None,
              images: int | None = None, width: int = 256) -> dict:
-    """(c): input-bound fraction of a GPU loop, DataLoader vs hpmodel with/without prefetch."""
+    """(c): input-bound fraction of a GPU loop, DataLoader vs hpmodel with/without prefetch.
+
+    Example::
+
+        case_gpu(quick=True, workers=8)["runs"]
+    """
     if device is None and not torch.cuda.is_available():
         return {"skipped": "needs a CUDA GPU: run `hpmodel bench input` on the GPU machine"}
     device = device or torch.device("cuda")

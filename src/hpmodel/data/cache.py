@@ -66,7 +66,12 @@ class FileCacheNode(Node):
 
 
 class MemoryCacheNode(Node):
-    """Elements of the first complete pass kept in memory and replayed afterwards."""
+    """Elements of the first complete pass kept in memory and replayed afterwards.
+
+    Example::
+
+        from_tensors(x).map(decode).cache()
+    """
 
     kind = "cache"
     one_to_one = True

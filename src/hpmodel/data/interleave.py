@@ -60,7 +60,7 @@ class _Reader:
             while not self.stop.is_set():
                 t0 = clock()
                 item = next(iterator, _END)
-                stage.add(clock() - t0, int(item is not _END))
+                stage.add(clock() - t0, 0)  # I/O time; elements are counted by the consumer
                 if not pending:
                     first = t0
                 pending.append(item)
@@ -100,6 +100,19 @@ class _Reader:
 
     def close(self) -> None:
         self.stop.set()
+
+
+def _timed_io(make: Callable[[], Iterable], stage) -> Iterator:
+    """``make()``'s items, charging the time to fetch them to ``stage`` (no threads)."""
+    t0 = clock()
+    iterator = iter(make())
+    while True:
+        item = next(iterator, _END)
+        stage.add(clock() - t0, 0)
+        if item is _END:
+            return
+        yield item
+        t0 = clock()
 
 
 class _Slot:
@@ -166,7 +179,12 @@ def plan_resume(inputs: list, sizes: list[int], cycle: int, block: int, skip: in
 
 
 class InterleaveNode(Node):
-    """Round-robin over ``cycle_length`` readers ``fn(element)``, read in threads."""
+    """Round-robin over ``cycle_length`` readers ``fn(element)``, read in threads.
+
+    Example::
+
+        from_shards("data/*.shard").interleave(cycle_length=4, num_parallel_calls=AUTOTUNE)
+    """
 
     kind = "interleave"
 
@@ -204,8 +222,9 @@ class InterleaveNode(Node):
             make = lambda: self.opener(element, start)  # noqa: E731
         else:
             make = lambda: self.fn(element)  # noqa: E731
-        reader = _Reader(make, self.stage(ctx)) if threaded else None
-        raw = reader if reader is not None else iter(make())
+        stage = self.stage(ctx)
+        reader = _Reader(make, stage) if threaded else None
+        raw = reader if reader is not None else _timed_io(make, stage)
         if self.finisher is not None:
             raw = self.finisher(element, raw, start, ctx.stats.count_skipped)
         return _Slot(raw, reader)
@@ -237,7 +256,9 @@ class InterleaveNode(Node):
                      for s in planned]
         stage.extra.update(cycle_length=cycle, lookahead=lookahead[0])
         try:
-            yield from self._cycle(slots, cur, taken, open_next, stage, lookahead, calls)
+            for item in self._cycle(slots, cur, taken, open_next, stage, lookahead, calls):
+                stage.add(0.0, 1)
+                yield item
         finally:
             for r in list(slots) + list(ahead):
                 if r is not None:
@@ -277,7 +298,12 @@ class InterleaveNode(Node):
 
 def interleave_pipeline(pipe, fn, cycle_length, block_length, num_parallel_calls,
                         deterministic):
-    """``pipe.interleave(...)``: configure shard reading, or interleave ``fn`` outputs."""
+    """``pipe.interleave(...)``: configure shard reading, or interleave ``fn`` outputs.
+
+    Example::
+
+        interleave_pipeline(pipe, None, 4, 1, AUTOTUNE, True)
+    """
     from .pipeline import Pipeline
 
     check_positive("cycle_length", cycle_length)

@@ -66,7 +66,12 @@ class Tuner:
 
 
 class ApplyEach:
-    """Chunk function: ``fn`` on every element of the chunk."""
+    """Chunk function: ``fn`` on every element of the chunk.
+
+    Example::
+
+        ApplyEach(abs)([-1, 2])  # [1, 2]
+    """
 
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -81,6 +86,10 @@ class ApplyCollate:
 
     A worker then returns one batch (a few arrays) instead of many small elements,
     which is what makes process workers as cheap to talk to as DataLoader's.
+
+    Example::
+
+        ApplyCollate(abs, default_collate)([torch.tensor(-1), torch.tensor(2)])
     """
 
     def __init__(self, fn: Callable, collate: Callable, drop_short: int = 0):

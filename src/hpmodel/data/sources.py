@@ -49,7 +49,12 @@ def shard_position(k: int, num_shards: int, index: int, block: int | None) -> in
 
 
 def shard_count(n: int, num_shards: int, index: int, block: int | None) -> int:
-    """How many of ``n`` upstream positions belong to shard ``index``."""
+    """How many of ``n`` upstream positions belong to shard ``index``.
+
+    Example::
+
+        shard_count(10, 3, 0, None)  # 4
+    """
     if n < 0:
         return n
     if block is None:
@@ -139,7 +144,12 @@ class IterableSource(Node):
 
 
 def tensor_getter(tensors: tuple) -> Callable[[int], tuple]:
-    """Getter returning the i-th slice of every tensor, like ``from_tensor_slices``."""
+    """Getter returning the i-th slice of every tensor, like ``from_tensor_slices``.
+
+    Example::
+
+        tensor_getter((x, y))(0)  # (x[0], y[0])
+    """
     if len(tensors) == 1:
         only = tensors[0]
         return lambda i: (only[i],)

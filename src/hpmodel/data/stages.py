@@ -25,7 +25,12 @@ clock = time.perf_counter
 
 
 class MapNode(Node):
-    """``fn`` applied to every element; parallel on threads or processes, order kept."""
+    """``fn`` applied to every element; parallel on threads or processes, order kept.
+
+    Example::
+
+        from_tensors(x).map(fn, num_parallel_calls=4)
+    """
 
     kind = "map"
     one_to_one = True
@@ -128,7 +133,12 @@ class MapNode(Node):
 
 
 class GetThenApply:
-    """``fn(getter(i))``: what a process worker runs when it reads the source itself."""
+    """``fn(getter(i))``: what a process worker runs when it reads the source itself.
+
+    Example::
+
+        GetThenApply([10, 20].__getitem__, str)(1)  # '20'
+    """
 
     def __init__(self, getter: Callable[[int], Any], fn: Callable):
         self.getter, self.fn = getter, fn
@@ -138,7 +148,12 @@ class GetThenApply:
 
 
 class FilterNode(Node):
-    """Elements for which ``predicate`` is true; resuming replays the predicate."""
+    """Elements for which ``predicate`` is true; resuming replays the predicate.
+
+    Example::
+
+        from_tensors(x).filter(lambda v: v.sum() > 0)
+    """
 
     kind = "filter"
 
@@ -160,7 +175,12 @@ class FilterNode(Node):
 
 
 class BatchNode(Node):
-    """Groups of ``batch_size`` consecutive elements collated into one batch."""
+    """Groups of ``batch_size`` consecutive elements collated into one batch.
+
+    Example::
+
+        from_tensors((x, y)).batch(32, drop_remainder=True)
+    """
 
     kind = "batch"
 
@@ -223,7 +243,12 @@ def split_batch(batch: Any) -> Iterator:
 
 
 class UnbatchNode(Node):
-    """The rows of each batch as separate elements."""
+    """The rows of each batch as separate elements.
+
+    Example::
+
+        from_tensors(x).batch(8).unbatch()
+    """
 
     kind = "unbatch"
 
@@ -234,7 +259,12 @@ class UnbatchNode(Node):
 
 
 class RepeatNode(Node):
-    """The upstream ``count`` times (forever when None); each pass reshuffles."""
+    """The upstream ``count`` times (forever when None); each pass reshuffles.
+
+    Example::
+
+        from_tensors(x).repeat(2)
+    """
 
     kind = "repeat"
 
@@ -270,7 +300,12 @@ class RepeatNode(Node):
 
 
 class TakeNode(Node):
-    """At most the first ``count`` elements."""
+    """At most the first ``count`` elements.
+
+    Example::
+
+        from_tensors(x).take(10)
+    """
 
     kind = "take"
 
@@ -290,7 +325,12 @@ class TakeNode(Node):
 
 
 class SkipNode(Node):
-    """All but the first ``count`` elements."""
+    """All but the first ``count`` elements.
+
+    Example::
+
+        from_tensors(x).skip(10)
+    """
 
     kind = "skip"
 
@@ -307,7 +347,12 @@ class SkipNode(Node):
 
 
 class ShuffleBufferNode(Node):
-    """Streaming shuffle through a buffer; the draw sequence is seeded by (seed, epoch)."""
+    """Streaming shuffle through a buffer; the draw sequence is seeded by (seed, epoch).
+
+    Example::
+
+        from_shards("data/*.shard").shuffle(10_000, seed=0)
+    """
 
     kind = "shuffle"
 
@@ -343,7 +388,12 @@ class ShuffleBufferNode(Node):
 
 
 class ShardNode(Node):
-    """This rank's part of a stream: round-robin elements or contiguous blocks."""
+    """This rank's part of a stream: round-robin elements or contiguous blocks.
+
+    Example::
+
+        from_shards("data/*.shard").shard(2, rank)
+    """
 
     kind = "shard"
     one_to_one = False
