@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -261,14 +262,20 @@ def case_gpu(quick: bool, workers: int, device: torch.device | None = None,
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     source = hd.from_tensors((images, labels)).shuffle(n, seed=0)
     plain = source.map(_augment).batch(batch)
+    # The device stage is the prefetch: its thread pulls batches from the process
+    # workers (W x 2 batches in flight) and copies them on a side stream.
     fast = (source.map(_augment, num_parallel_calls=workers, use_processes=True).batch(batch)
-            .prefetch(hd.AUTOTUNE).prefetch_to_device(device))
+            .prefetch_to_device(device, buffer_size=4))
     loader = DataLoader(_AugmentedImages(images, labels), batch_size=batch, shuffle=True,
-                        num_workers=workers, pin_memory=device.type == "cuda")
-    _train_loop(fast.take(4), model, opt, device, False)  # warm up kernels and pools
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=True)
+    # Warm up kernels and both sides' worker processes (both keep them across epochs).
+    _train_loop(fast.take(4), model, opt, device, False)
+    _train_loop(itertools.islice(loader, 4), model, opt, device, True)
     rows = {"torch DataLoader": _train_loop(loader, model, opt, device, True),
             "hpmodel no prefetch, sequential map": _train_loop(plain, model, opt, device, True),
-            "hpmodel parallel map + prefetch to device": _train_loop(fast, model, opt, device, False)}
+            "hpmodel parallel map + prefetch to device": _train_loop(fast, model, opt, device,
+                                                                      False)}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     return {"images": n, "batch": batch, "workers": workers, "device": name,
             "runs": rows, "hpmodel_stats": fast.stats()}
