@@ -112,6 +112,9 @@ def _error_payload(error: BaseException) -> bytes:
         return pickle.dumps(("error", RuntimeError(f"map function failed:\n{text}"), text))
 
 
+_CLOSE_LOCK = threading.Lock()
+
+
 class ProcessRunner:
     """W worker processes fed round-robin; the runner interface used by parallel_map.
 
@@ -143,11 +146,12 @@ class ProcessRunner:
         self.count = 0
         self.busy = False
         self.persistent = False
+        self.closed = False
         self.key: Any = None
 
     def claim(self) -> bool:
         """Take the workers for one epoch; False if another iteration has them."""
-        if self.busy or not all(p.is_alive() for p in self.procs):
+        if self.busy or self.closed or not all(p.is_alive() for p in self.procs):
             return False
         self.busy = True
         return True
@@ -211,7 +215,11 @@ class ProcessRunner:
         wait_connections(self.results, timeout=0.1)
 
     def close(self) -> None:
-        """Stop the workers without making the consumer wait for them."""
+        """Stop the workers without making the consumer wait for them (idempotent)."""
+        with _CLOSE_LOCK:
+            if self.closed:
+                return
+            self.closed = True
         for conn in self.tasks:
             try:
                 conn.send_bytes(b"")
