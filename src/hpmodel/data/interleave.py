@@ -233,7 +233,7 @@ class InterleaveNode(Node):
         stage = self.stage(ctx)
         calls = self.num_parallel_calls
         threaded = calls not in (None, 0, 1)
-        lookahead = [max(cycle, 4) if calls == AUTOTUNE else max(0, (calls or 0) - cycle)]
+        lookahead = [max(2 * cycle, 8) if calls == AUTOTUNE else max(0, (calls or 0) - cycle)]
         ahead: deque = deque()  # readers opened early for upcoming inputs
         nxt = [0]
 
@@ -280,7 +280,7 @@ class InterleaveNode(Node):
                         and lookahead[0] < MAX_LOOKAHEAD:
                     # waited on a reader: open more inputs ahead (threads waiting on I/O
                     # cost no CPU; memory is bounded by 2 blocks per reader)
-                    lookahead[0] = min(MAX_LOOKAHEAD, lookahead[0] + max(1, lookahead[0] // 2))
+                    lookahead[0] = min(MAX_LOOKAHEAD, 2 * lookahead[0])
                     stage.extra["lookahead"] = lookahead[0]
                 if item is _END:
                     slots[cur] = open_next()
