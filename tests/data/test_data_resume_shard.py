@@ -29,7 +29,14 @@ def cached(calls=None):
     return hd.from_tensors(X).map(int, num_parallel_calls=calls).cache().shuffle(10, seed=1)
 
 
-BUILDERS = [indexable, streaming, cached]
+def processes(calls=None):
+    workers = 2 if calls in (None, hd.AUTOTUNE) else calls
+    return (hd.from_tensors((X, X * 10)).shuffle(1000, seed=6)
+            .map(lambda e: (e[0] + 100, e[1]), num_parallel_calls=workers, use_processes=True)
+            .batch(4))
+
+
+BUILDERS = [indexable, streaming, cached, processes]
 
 
 def roundtrip(state):
