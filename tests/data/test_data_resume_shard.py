@@ -142,7 +142,8 @@ def test_exactly_once_per_epoch_across_two_ranks(build, epoch):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_batch_mode_splits_each_global_batch_into_contiguous_slices(stream):
-    source = hd.from_dataset(lambda: iter(range(40))) if stream else hd.from_tensors(torch.arange(40))
+    source = (hd.from_dataset(lambda: iter(range(40))) if stream
+              else hd.from_tensors(torch.arange(40)))
     build = lambda: source.shuffle(50, seed=4).map(int).batch(8, drop_remainder=True)  # noqa: E731
     global_batches = run_epoch(build(), epoch=3)
     ranks = [run_epoch(build().shard(2, r, mode="batch"), epoch=3) for r in range(2)]

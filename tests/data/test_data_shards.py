@@ -67,8 +67,9 @@ def test_local_glob_and_file_url(tmp_path):
 @pytest.mark.parametrize("calls", [None, 2, 4, hd.AUTOTUNE])
 def test_interleave_order_is_deterministic_across_parallelism(mem_shards, calls):
     root, _ = mem_shards
-    build = lambda c: hd.from_shards(f"{root}/*.shard", shuffle_shards=True, seed=1).interleave(  # noqa: E731
-        cycle_length=3, block_length=2, num_parallel_calls=c)
+    def build(c):
+        return hd.from_shards(f"{root}/*.shard", shuffle_shards=True, seed=1).interleave(
+            cycle_length=3, block_length=2, num_parallel_calls=c)
     reference = labels(build(None), epoch=4)
     assert sorted(reference) == list(range(N)) and reference != list(range(N))
     assert labels(build(calls), epoch=4) == reference

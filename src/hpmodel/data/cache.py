@@ -1,6 +1,7 @@
 """Caches: the first complete epoch kept in memory, or saved as one shard for later runs.
 
-The memory cache is a Python list. The file cache is built on the shard format (``shards.py``, through ``fsspec``): the file is written to a
+The memory cache is a Python list. The file cache is built on the shard format
+(``shards.py``, through ``fsspec``): the file is written to a
 temporary name and renamed only when an epoch completes, so a crash never leaves a
 half cache behind; a later run (or epoch) finding the file reads it instead of the
 upstream stages, and resumes by seeking through the shard index.

@@ -341,7 +341,8 @@ def list_shards(source: Any) -> list[str]:
     if any(c in path for c in "*?["):
         found = sorted(fs.glob(path))
     elif fs.isdir(path):
-        found = sorted(p for p in fs.find(path) if p.endswith((".shard", ".tar", ".tar.gz", ".tgz")))
+        found = sorted(p for p in fs.find(path)
+                       if p.endswith((".shard", ".tar", ".tar.gz", ".tgz")))
     else:
         found = [path] if fs.exists(path) else []
     if not found:

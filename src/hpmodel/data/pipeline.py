@@ -97,7 +97,8 @@ class Pipeline:
 
         Example::
 
-            pipe = from_shards("data/*.shard").interleave(cycle_length=4, num_parallel_calls=AUTOTUNE)
+            pipe = from_shards("data/*.shard").interleave(cycle_length=4,
+                                                          num_parallel_calls=AUTOTUNE)
         """
         from .interleave import interleave_pipeline
 

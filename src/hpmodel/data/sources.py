@@ -214,7 +214,8 @@ def from_dataset(dataset: Any) -> Pipeline:
 
     from .pipeline import Pipeline
 
-    if callable(dataset) and not hasattr(dataset, "__iter__") and not hasattr(dataset, "__getitem__"):
+    if callable(dataset) and not hasattr(dataset, "__iter__") \
+            and not hasattr(dataset, "__getitem__"):
         return Pipeline(IterableSource(dataset, type(dataset).__name__))
     if (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
             and not isinstance(dataset, IterableDataset)):
