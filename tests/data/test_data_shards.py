@@ -218,3 +218,12 @@ def test_data_write_command(tmp_path, capsys):
     assert bytes(data.tolist()) == b"abc" and name.endswith("a.bin")
     with pytest.raises(ValueError, match="not in"):
         hd.data_write_main([str(npz), "--out", str(tmp_path / "o2"), "--keys", "nope"])
+
+
+def test_shard_pipelines_pickle(mem_shards):
+    import pickle
+
+    root, _ = mem_shards
+    pipe = hd.from_shards(f"{root}/*.shard", ignore_errors=True).interleave(
+        cycle_length=2, num_parallel_calls=2).batch(4)
+    assert run_epoch(pickle.loads(pickle.dumps(pipe))) == run_epoch(pipe)

@@ -353,10 +353,18 @@ def list_shards(source: Any) -> list[str]:
     return [fs.unstrip_protocol(p) for p in found]
 
 
-def _shard_finisher(ignore_errors: bool) -> Callable:
-    def finish(url: str, raw: Iterable, start: int, on_skip) -> Iterator:
-        return parse_blocks(raw, url, ignore_errors, on_skip, start)
-    return finish
+class _ShardFinisher:
+    """Consumer-side half of shard reading: parse fetched blocks into elements."""
+
+    def __init__(self, ignore_errors: bool):
+        self.ignore_errors = ignore_errors
+
+    def __call__(self, url: str, raw: Iterable, start: int, on_skip) -> Iterator:
+        return parse_blocks(raw, url, self.ignore_errors, on_skip, start)
+
+
+def _shard_size(url: str) -> int | None:
+    return None if is_tar(url) else count_records(url)
 
 
 def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool = False,
@@ -384,6 +392,5 @@ def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool =
         files.shuffle_seed = random_seed() if seed is None else int(seed)
     node = InterleaveNode(files, None, cycle_length=1, block_length=1,
                           num_parallel_calls=None, deterministic=True, opener=fetch_blocks,
-                          finisher=_shard_finisher(ignore_errors),
-                          sizer=lambda url: None if is_tar(url) else count_records(url))
+                          finisher=_ShardFinisher(ignore_errors), sizer=_shard_size)
     return Pipeline(node)

@@ -360,6 +360,15 @@ class Pipeline:
         report.update(epoch=self._epoch, position=self._position)
         return report
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stats"] = None  # holds locks; statistics do not travel
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stats = Stats()
+
     def __repr__(self) -> str:
         return "Pipeline(" + " -> ".join(n.kind for n in self._chain()) + ")"
 

@@ -143,17 +143,34 @@ class IterableSource(Node):
         return self.length
 
 
-def tensor_getter(tensors: tuple) -> Callable[[int], tuple]:
+class TensorSlicer:
     """Getter returning the i-th slice of every tensor, like ``from_tensor_slices``.
+
+    A class rather than a closure so that pipelines pickle (spawned processes).
 
     Example::
 
-        tensor_getter((x, y))(0)  # (x[0], y[0])
+        TensorSlicer((x, y))(0)  # (x[0], y[0]); with keys=("x", "y"): {"x": x[0], "y": y[0]}
     """
-    if len(tensors) == 1:
-        only = tensors[0]
-        return lambda i: (only[i],)
-    return lambda i: tuple(t[i] for t in tensors)
+
+    def __init__(self, tensors: tuple, keys: tuple | None = None, single: bool = False):
+        self.tensors, self.keys, self.single = tensors, keys, single
+
+    def __call__(self, i: int) -> Any:
+        if self.single:
+            return self.tensors[0][i]
+        row = tuple(t[i] for t in self.tensors)
+        return dict(zip(self.keys, row)) if self.keys is not None else row
+
+
+class _Returns:
+    """A picklable ``lambda: value``."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __call__(self) -> Any:
+        return self.value
 
 
 def _as_tensor(t: Any, what: str) -> torch.Tensor:
@@ -181,15 +198,13 @@ def from_tensors(tensors: Any) -> Pipeline:
     if isinstance(tensors, dict):
         keys = list(tensors)
         values = tuple(_as_tensor(tensors[k], repr(k)) for k in keys)
-        tuple_get = tensor_getter(values)
-        getter = lambda i: dict(zip(keys, tuple_get(i)))  # noqa: E731
+        getter = TensorSlicer(values, keys=tuple(keys))
     elif isinstance(tensors, (tuple, list)):
         values = tuple(_as_tensor(t, f"item {i}") for i, t in enumerate(tensors))
-        getter = tensor_getter(values)
+        getter = TensorSlicer(values)
     else:
         values = (_as_tensor(tensors, "the input"),)
-        only = values[0]
-        getter = only.__getitem__
+        getter = TensorSlicer(values, single=True)
     if not values or any(v.dim() == 0 for v in values):
         raise ValueError("from_tensors needs tensors with a first dimension to slice: "
                          "pass e.g. (x, y) with x.shape[0] == y.shape[0]")
@@ -225,6 +240,6 @@ def from_dataset(dataset: Any) -> Pipeline:
                          "epoch: pass an iterable or a function returning a fresh iterator")
     if hasattr(dataset, "__iter__"):
         length = len(dataset) if hasattr(dataset, "__len__") else -2
-        return Pipeline(IterableSource(lambda: dataset, type(dataset).__name__, length))
+        return Pipeline(IterableSource(_Returns(dataset), type(dataset).__name__, length))
     raise ValueError(f"from_dataset cannot read a {type(dataset).__name__}: pass a torch "
                      "Dataset, an iterable, or a function returning an iterator")

@@ -120,6 +120,11 @@ class MapNode(Node):
         new._workers = None  # worker processes are never shared between stages
         return new
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_workers", None)  # processes do not travel with a pickled pipeline
+        return state
+
     def _sequential(self, inputs: Iterator, stage) -> Iterator:
         fn = self.fn
         for item in inputs:
