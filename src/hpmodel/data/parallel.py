@@ -105,14 +105,15 @@ class ApplyCollate:
 def parallel_map(inputs: Iterator, fn: Callable, workers: int, tuner: Tuner | None,
                  deterministic: bool, stage, processes: bool = False,
                  chunk_size: int = 1, chunk_fn: Callable | None = None,
-                 runner: Any = None) -> Iterator:
+                 runner: Callable[[], Any] | None = None) -> Iterator:
     """Yield ``fn(x)`` for x in ``inputs`` using ``workers`` threads or processes.
 
     With ``tuner`` the window of chunks in flight follows ``tuner.value``; without it
     the window is ``2 * workers``. ``deterministic=False`` yields whichever result is
     ready first. ``chunk_fn`` (default ``ApplyEach(fn)``) maps a list of up to
-    ``chunk_size`` inputs to a list of outputs. A given ``runner`` (persistent process
-    workers) is released, not closed, at the end.
+    ``chunk_size`` inputs to a list of outputs. ``runner``, a factory of persistent
+    process workers, is called at the first ``next`` (never by a mere ``iter``), and
+    the workers are released, not closed, at the end.
 
     Example::
 
@@ -120,7 +121,7 @@ def parallel_map(inputs: Iterator, fn: Callable, workers: int, tuner: Tuner | No
     """
     chunk_fn = chunk_fn or ApplyEach(fn)
     if runner is not None:
-        pass
+        runner = runner()
     elif processes:
         from .workers import ProcessRunner
 

@@ -8,6 +8,7 @@ numpy generator seeded by ``(seed, epoch)``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 import weakref
@@ -73,7 +74,8 @@ class MapNode(Node):
         chunk = self.chunk_size or (16 if self.use_processes else 1)
         runner = None
         if self.use_processes:
-            runner = self._runner(("each", chunk, workers), ApplyEach(fn), workers)
+            runner = functools.partial(self._runner, ("each", chunk, workers), ApplyEach(fn),
+                                       workers)
         return parallel_map(inputs, fn, workers, tuner, self.deterministic, stage,
                             processes=self.use_processes, chunk_size=chunk, runner=runner)
 
@@ -88,7 +90,8 @@ class MapNode(Node):
         drop = batch.batch_size if batch.drop_remainder else 0
         workers = max(1, workers or 1)
         chunk_fn = ApplyCollate(fn, batch.collate, drop)
-        runner = self._runner(("batch", batch.batch_size, drop, workers), chunk_fn, workers)
+        runner = functools.partial(self._runner, ("batch", batch.batch_size, drop, workers),
+                                   chunk_fn, workers)
         return parallel_map(inputs, fn, workers, None, self.deterministic, stage,
                             processes=True, chunk_size=batch.batch_size, runner=runner)
 
