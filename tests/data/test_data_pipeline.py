@@ -147,3 +147,15 @@ def test_errors_in_workers_reach_the_consumer():
 
     with pytest.raises(RuntimeError, match="bad element 7"):
         run_epoch(hd.from_tensors(X).map(boom, num_parallel_calls=2).prefetch(2))
+
+
+def test_pipelines_pickle_for_spawned_processes():
+    import pickle
+
+    pipe = (hd.from_tensors({"x": X, "y": Y}).shuffle(100, seed=1).map(dict, num_parallel_calls=2)
+            .batch(8).prefetch(2))
+    reference = run_epoch(pipe)
+    clone = pickle.loads(pickle.dumps(pipe))
+    assert run_epoch(clone, epoch=0) == reference
+    single = pickle.loads(pickle.dumps(hd.from_tensors(X).take(3)))
+    assert run_epoch(single) == [0, 1, 2]

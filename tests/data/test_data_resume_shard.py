@@ -29,7 +29,14 @@ def cached(calls=None):
     return hd.from_tensors(X).map(int, num_parallel_calls=calls).cache().shuffle(10, seed=1)
 
 
-BUILDERS = [indexable, streaming, cached]
+def processes(calls=None):
+    workers = 2 if calls in (None, hd.AUTOTUNE) else calls
+    return (hd.from_tensors((X, X * 10)).shuffle(1000, seed=6)
+            .map(lambda e: (e[0] + 100, e[1]), num_parallel_calls=workers, use_processes=True)
+            .batch(4))
+
+
+BUILDERS = [indexable, streaming, cached, processes]
 
 
 def roundtrip(state):
@@ -135,7 +142,8 @@ def test_exactly_once_per_epoch_across_two_ranks(build, epoch):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_batch_mode_splits_each_global_batch_into_contiguous_slices(stream):
-    source = hd.from_dataset(lambda: iter(range(40))) if stream else hd.from_tensors(torch.arange(40))
+    source = (hd.from_dataset(lambda: iter(range(40))) if stream
+              else hd.from_tensors(torch.arange(40)))
     build = lambda: source.shuffle(50, seed=4).map(int).batch(8, drop_remainder=True)  # noqa: E731
     global_batches = run_epoch(build(), epoch=3)
     ranks = [run_epoch(build().shard(2, r, mode="batch"), epoch=3) for r in range(2)]

@@ -67,8 +67,9 @@ def test_local_glob_and_file_url(tmp_path):
 @pytest.mark.parametrize("calls", [None, 2, 4, hd.AUTOTUNE])
 def test_interleave_order_is_deterministic_across_parallelism(mem_shards, calls):
     root, _ = mem_shards
-    build = lambda c: hd.from_shards(f"{root}/*.shard", shuffle_shards=True, seed=1).interleave(  # noqa: E731
-        cycle_length=3, block_length=2, num_parallel_calls=c)
+    def build(c):
+        return hd.from_shards(f"{root}/*.shard", shuffle_shards=True, seed=1).interleave(
+            cycle_length=3, block_length=2, num_parallel_calls=c)
     reference = labels(build(None), epoch=4)
     assert sorted(reference) == list(range(N)) and reference != list(range(N))
     assert labels(build(calls), epoch=4) == reference
@@ -135,11 +136,13 @@ def test_corrupt_record_names_shard_and_offset(mem_shards):
 
 def test_truncated_and_foreign_files(tmp_path):
     path = hd.write_shards((np.arange(10),), str(tmp_path), records_per_shard=10)[0]
-    raw = open(path, "rb").read()
-    open(path, "wb").write(raw[:40])
+    from pathlib import Path
+
+    raw = Path(path).read_bytes()
+    Path(path).write_bytes(raw[:40])
     with pytest.raises(hd.CorruptRecordError, match="truncated"):
         list(hd.read_shard(path))
-    open(path, "wb").write(b"hello world, not a shard at all")
+    Path(path).write_bytes(b"hello world, not a shard at all")
     with pytest.raises(hd.CorruptRecordError, match="not an hpmodel shard"):
         list(hd.read_shard(path))
 
@@ -215,3 +218,12 @@ def test_data_write_command(tmp_path, capsys):
     assert bytes(data.tolist()) == b"abc" and name.endswith("a.bin")
     with pytest.raises(ValueError, match="not in"):
         hd.data_write_main([str(npz), "--out", str(tmp_path / "o2"), "--keys", "nope"])
+
+
+def test_shard_pipelines_pickle(mem_shards):
+    import pickle
+
+    root, _ = mem_shards
+    pipe = hd.from_shards(f"{root}/*.shard", ignore_errors=True).interleave(
+        cycle_length=2, num_parallel_calls=2).batch(4)
+    assert run_epoch(pickle.loads(pickle.dumps(pipe))) == run_epoch(pipe)

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -100,7 +101,12 @@ def _compare(makers: dict[str, Callable], n_elements: int, repeats: int) -> dict
 
 
 def case_map(quick: bool, workers: int) -> dict:
-    """(a): DataLoader vs hpmodel.data parallel map at equal worker counts."""
+    """(a): DataLoader vs hpmodel.data parallel map at equal worker counts.
+
+    Example::
+
+        case_map(quick=True, workers=2)["ratio_vs_dataloader"]
+    """
     n = 1200 if quick else 4000
     repeats = 3
     x, y = torch.randn(n, 64), torch.arange(n)
@@ -119,7 +125,12 @@ def case_map(quick: bool, workers: int) -> dict:
 
 # --- (b) many small files behind a 20 ms time-to-first-byte ---------------------------
 class SlowMemoryFileSystem(MemoryFileSystem):
-    """fsspec's in-memory filesystem with a fixed delay on every open (remote latency)."""
+    """fsspec's in-memory filesystem with a fixed delay on every open (remote latency).
+
+    Example::
+
+        fsspec.register_implementation("slowmem", SlowMemoryFileSystem)
+    """
 
     protocol = "slowmem"
     delay = 0.020
@@ -150,7 +161,12 @@ class _ShardFiles(IterableDataset):
 
 
 def case_files(quick: bool, workers: int) -> dict:
-    """(b): DataLoader vs sequential vs interleaved reading of latency-bound files."""
+    """(b): DataLoader vs sequential vs interleaved reading of latency-bound files.
+
+    Example::
+
+        case_files(quick=True, workers=2)["ratio_vs_dataloader"]
+    """
     fsspec.register_implementation("slowmem", SlowMemoryFileSystem, clobber=True)
     files, per_file = (48, 16) if quick else (160, 16)
     root = f"memory://bench-input-{uuid.uuid4().hex}"
@@ -223,15 +239,21 @@ def _train_loop(batches, model, opt, device, to_device: bool) -> dict:
     return {"steps": steps, "wall_seconds": wall, "input_bound_fraction": wait / wall}
 
 
-def case_gpu(quick: bool, workers: int) -> dict:
-    """(c): input-bound fraction of a GPU loop, DataLoader vs hpmodel with/without prefetch."""
-    if not torch.cuda.is_available():
+def case_gpu(quick: bool, workers: int, device: torch.device | None = None,
+             images: int | None = None, width: int = 256) -> dict:
+    """(c): input-bound fraction of a GPU loop, DataLoader vs hpmodel with/without prefetch.
+
+    Example::
+
+        case_gpu(quick=True, workers=8)["runs"]
+    """
+    if device is None and not torch.cuda.is_available():
         return {"skipped": "needs a CUDA GPU: run `hpmodel bench input` on the GPU machine"}
-    device = torch.device("cuda")
+    device = device or torch.device("cuda")
     n, batch = (8192, 256) if quick else (32768, 256)
+    n = images or n
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,))
-    width = 256
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(),
         torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -240,15 +262,22 @@ def case_gpu(quick: bool, workers: int) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     source = hd.from_tensors((images, labels)).shuffle(n, seed=0)
     plain = source.map(_augment).batch(batch)
+    # The device stage is the prefetch: its thread pulls batches from the process
+    # workers (W x 2 batches in flight) and copies them on a side stream.
     fast = (source.map(_augment, num_parallel_calls=workers, use_processes=True).batch(batch)
-            .prefetch(hd.AUTOTUNE).prefetch_to_device(device))
+            .prefetch_to_device(device, buffer_size=4))
     loader = DataLoader(_AugmentedImages(images, labels), batch_size=batch, shuffle=True,
-                        num_workers=workers, pin_memory=True)
-    _train_loop(fast.take(4), model, opt, device, False)  # warm up kernels and pools
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=True)
+    # Warm up kernels and both sides' worker processes (both keep them across epochs).
+    _train_loop(fast.take(4), model, opt, device, False)
+    _train_loop(itertools.islice(loader, 4), model, opt, device, True)
     rows = {"torch DataLoader": _train_loop(loader, model, opt, device, True),
             "hpmodel no prefetch, sequential map": _train_loop(plain, model, opt, device, True),
-            "hpmodel parallel map + prefetch to device": _train_loop(fast, model, opt, device, False)}
-    return {"images": n, "batch": batch, "workers": workers, "device": torch.cuda.get_device_name(),
+            "hpmodel parallel map + prefetch to device": _train_loop(fast, model, opt, device,
+                                                                      False)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return {"images": n, "batch": batch, "workers": workers, "device": name,
             "runs": rows, "hpmodel_stats": fast.stats()}
 
 

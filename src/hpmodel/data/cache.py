@@ -1,6 +1,7 @@
-"""File cache: the first complete epoch of a pipeline saved as one shard for later runs.
+"""Caches: the first complete epoch kept in memory, or saved as one shard for later runs.
 
-Built on the shard format (``shards.py``, through ``fsspec``): the file is written to a
+The memory cache is a Python list. The file cache is built on the shard format
+(``shards.py``, through ``fsspec``): the file is written to a
 temporary name and renamed only when an epoch completes, so a crash never leaves a
 half cache behind; a later run (or epoch) finding the file reads it instead of the
 upstream stages, and resumes by seeking through the shard index.
@@ -63,3 +64,41 @@ class FileCacheNode(Node):
         if self._exists():
             return count_records(self.path)
         return self.upstream.cardinality()
+
+
+class MemoryCacheNode(Node):
+    """Elements of the first complete pass kept in memory and replayed afterwards.
+
+    Example::
+
+        from_tensors(x).map(decode).cache()
+    """
+
+    kind = "cache"
+    one_to_one = True
+
+    def __init__(self, upstream: Node):
+        super().__init__(upstream)
+        self.store: list | None = None
+
+    def clone(self, upstream: Node | None) -> Node:
+        new = super().clone(upstream)
+        new.store = None
+        return new
+
+    def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
+        if self.store is not None:
+            return iter(self.store[skip:])
+        return self._fill(ctx, skip)
+
+    def _fill(self, ctx: Context, skip: int) -> Iterator:
+        items = [] if skip == 0 else None  # a partial pass cannot fill the cache
+        for item in self.upstream.iterate(ctx, skip):
+            if items is not None:
+                items.append(item)
+            yield item
+        if items is not None:
+            self.store = items
+
+    def cardinality(self) -> int:
+        return len(self.store) if self.store is not None else self.upstream.cardinality()

@@ -145,6 +145,10 @@ class Context:
 
     ``repeat_pass`` holds the pass numbers of enclosing ``repeat`` nodes so a shuffle
     inside a repeat reshuffles on every pass while staying a pure function of the seed.
+
+    Example::
+
+        ctx = Context(epoch=3); ctx.for_pass(1).rng_keys()  # (3, 1)
     """
 
     epoch: int = 0
@@ -172,6 +176,12 @@ class Node:
     ``cheap_skip`` says whether ``iterate(ctx, skip)`` skips without doing the work of
     the skipped elements; ``one_to_one`` says the stage maps element i to element i
     (so shards and skips may be pushed below it).
+
+    Example::
+
+        class Identity(Node):
+            def iterate(self, ctx, skip=0):
+                return self.upstream.iterate(ctx, skip)
     """
 
     kind = "node"
@@ -202,12 +212,22 @@ class Node:
 
 
 def drain(iterator: Iterator, skip: int) -> Iterator:
-    """Drop the first ``skip`` elements of ``iterator`` (the replay path of a resume)."""
+    """Drop the first ``skip`` elements of ``iterator`` (the replay path of a resume).
+
+    Example::
+
+        list(drain(iter(range(5)), 2))  # [2, 3, 4]
+    """
     return itertools.islice(iterator, skip, None) if skip else iterator
 
 
 def timed_iter(iterator: Iterator, stage: StageStats) -> Iterator:
-    """Yield from ``iterator``, charging the time spent in ``next`` to ``stage``."""
+    """Yield from ``iterator``, charging the time spent in ``next`` to ``stage``.
+
+    Example::
+
+        list(timed_iter(iter([1, 2]), StageStats("source")))  # [1, 2]
+    """
     clock = time.perf_counter
     while True:
         t0 = clock()
@@ -220,7 +240,12 @@ def timed_iter(iterator: Iterator, stage: StageStats) -> Iterator:
 
 
 def check_positive(name: str, value: Any, allow_autotune: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive int (or AUTOTUNE if allowed)."""
+    """Raise ``ValueError`` unless ``value`` is a positive int (or AUTOTUNE if allowed).
+
+    Example::
+
+        check_positive("batch_size", 32)
+    """
     if allow_autotune and value == AUTOTUNE:
         return
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import fsspec
 
 from .core import AUTOTUNE, UNKNOWN, Context, Node, check_positive, drain
-from .shards import count_records, is_tar, read_shard
+from .shards import count_records, fetch_blocks, is_tar, parse_blocks
 from .sources import IndexSource
 
 clock = time.perf_counter
@@ -33,10 +33,19 @@ class _Failure:
 
 
 class _Reader:
-    """Iterate ``open_fn()`` in a daemon thread into a bounded queue."""
+    """Iterate ``open_fn()`` in a daemon thread into a bounded queue.
 
-    def __init__(self, open_fn: Callable[[], Iterable], stage, capacity: int = 64):
+    Items cross the queue in lists of up to ``CHUNK`` (or whatever arrived within
+    ``FLUSH_SECONDS``): one lock round-trip per list instead of per record, which
+    matters when dozens of reader threads share the GIL.
+    """
+
+    CHUNK = 64
+    FLUSH_SECONDS = 0.005
+
+    def __init__(self, open_fn: Callable[[], Iterable], stage, capacity: int = 2):
         self.queue: queue.Queue = queue.Queue(capacity)
+        self.local: deque = deque()
         self.stop = threading.Event()
         self.opened_at = clock()
         self.thread = threading.Thread(target=self._run, args=(open_fn, stage), daemon=True,
@@ -44,17 +53,25 @@ class _Reader:
         self.thread.start()
 
     def _run(self, open_fn, stage) -> None:
+        pending: list = []
         try:
             iterator = iter(open_fn())
+            first = clock()
             while not self.stop.is_set():
                 t0 = clock()
                 item = next(iterator, _END)
-                stage.add(clock() - t0, int(item is not _END))
-                self._put(item)
+                stage.add(clock() - t0, 0)  # I/O time; elements are counted by the consumer
+                if not pending:
+                    first = t0
+                pending.append(item)
+                if item is _END or len(pending) >= self.CHUNK or \
+                        clock() - first > self.FLUSH_SECONDS:
+                    self._put(pending)
+                    pending = []
                 if item is _END:
                     return
         except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
-            self._put(_Failure(error))
+            self._put(pending + [_Failure(error)])
 
     def _put(self, item) -> None:
         while not self.stop.is_set():
@@ -65,18 +82,61 @@ class _Reader:
                 continue
 
     def __next__(self) -> Any:
-        item = self.queue.get()
+        if not self.local:
+            self.local.extend(self.queue.get())
+        item = self.local.popleft()
         if isinstance(item, _Failure):
             raise item.error
         if item is _END:
             raise StopIteration
         return item
 
+    def ready(self) -> bool:
+        """Whether an item can be taken without waiting."""
+        return bool(self.local) or not self.queue.empty()
+
     def __iter__(self) -> "_Reader":
         return self
 
     def close(self) -> None:
         self.stop.set()
+
+
+def _timed_io(make: Callable[[], Iterable], stage) -> Iterator:
+    """``make()``'s items, charging the time to fetch them to ``stage`` (no threads)."""
+    t0 = clock()
+    iterator = iter(make())
+    while True:
+        item = next(iterator, _END)
+        stage.add(clock() - t0, 0)
+        if item is _END:
+            return
+        yield item
+        t0 = clock()
+
+
+class _Slot:
+    """One open input: the element iterator plus the reader thread feeding it, if any."""
+
+    def __init__(self, iterator: Iterator, reader: _Reader | None):
+        self.iterator, self.reader = iterator, reader
+
+    def __next__(self) -> Any:
+        return next(self.iterator)
+
+    def __iter__(self) -> "_Slot":
+        return self
+
+    def ready(self) -> bool:
+        """Whether the reader has data buffered (always true without a thread)."""
+        return self.reader is None or self.reader.ready()
+
+    def close(self) -> None:
+        """Stop the reader thread and release the parser."""
+        if self.reader is not None:
+            self.reader.close()
+        if hasattr(self.iterator, "close"):
+            self.iterator.close()
 
 
 def plan_resume(inputs: list, sizes: list[int], cycle: int, block: int, skip: int) -> tuple:
@@ -119,16 +179,24 @@ def plan_resume(inputs: list, sizes: list[int], cycle: int, block: int, skip: in
 
 
 class InterleaveNode(Node):
-    """Round-robin over ``cycle_length`` readers ``fn(element)``, read in threads."""
+    """Round-robin over ``cycle_length`` readers ``fn(element)``, read in threads.
+
+    Example::
+
+        from_shards("data/*.shard").interleave(cycle_length=4, num_parallel_calls=AUTOTUNE)
+    """
 
     kind = "interleave"
 
     def __init__(self, upstream: Node, fn: Callable, cycle_length: int, block_length: int,
                  num_parallel_calls: int | None, deterministic: bool,
                  opener: Callable[[Any, int], Iterable] | None = None,
+                 finisher: Callable | None = None,
                  sizer: Callable[[Any], int | None] | None = None):
         super().__init__(upstream)
-        self.fn, self.opener, self.sizer = fn, opener, sizer
+        # opener(element, start) runs in the reader thread (I/O); finisher(element, raw,
+        # start, on_skip) turns its output into elements in the consumer thread (CPU).
+        self.fn, self.opener, self.finisher, self.sizer = fn, opener, finisher, sizer
         self.cycle_length, self.block_length = cycle_length, block_length
         self.num_parallel_calls, self.deterministic = num_parallel_calls, deterministic
         self._sizes: dict = {}
@@ -149,21 +217,23 @@ class InterleaveNode(Node):
                 skip = 0
         return drain(self._run(ctx, inputs, cycle, state), skip)
 
-    def _open(self, element, start: int, ctx: Context, threaded: bool):
-        stage = self.stage(ctx)
+    def _open(self, element, start: int, ctx: Context, threaded: bool) -> "_Slot":
         if self.opener is not None:
-            make = lambda: self.opener(element, start, ctx.stats.count_skipped)  # noqa: E731
+            make = lambda: self.opener(element, start)  # noqa: E731
         else:
             make = lambda: self.fn(element)  # noqa: E731
-        if threaded:
-            return _Reader(make, stage)
-        return iter(make())
+        stage = self.stage(ctx)
+        reader = _Reader(make, stage) if threaded else None
+        raw = reader if reader is not None else _timed_io(make, stage)
+        if self.finisher is not None:
+            raw = self.finisher(element, raw, start, ctx.stats.count_skipped)
+        return _Slot(raw, reader)
 
     def _run(self, ctx: Context, inputs: list, cycle: int, state) -> Iterator:
         stage = self.stage(ctx)
         calls = self.num_parallel_calls
         threaded = calls not in (None, 0, 1)
-        lookahead = [cycle if calls == AUTOTUNE else max(0, (calls or 0) - cycle)]
+        lookahead = [max(2 * cycle, 8) if calls == AUTOTUNE else max(0, (calls or 0) - cycle)]
         ahead: deque = deque()  # readers opened early for upcoming inputs
         nxt = [0]
 
@@ -186,29 +256,31 @@ class InterleaveNode(Node):
                      for s in planned]
         stage.extra.update(cycle_length=cycle, lookahead=lookahead[0])
         try:
-            yield from self._cycle(slots, cur, taken, open_next, stage, lookahead, calls)
+            for item in self._cycle(slots, cur, taken, open_next, stage, lookahead, calls):
+                stage.add(0.0, 1)
+                yield item
         finally:
             for r in list(slots) + list(ahead):
-                if isinstance(r, _Reader):
+                if r is not None:
                     r.close()
 
     def _cycle(self, slots, cur, taken, open_next, stage, lookahead, calls) -> Iterator:
         block, cycle = self.block_length, len(slots)
         while any(s is not None for s in slots):
             reader = slots[cur]
-            if reader is not None and not self.deterministic and isinstance(reader, _Reader) \
-                    and reader.queue.empty():
-                ready = [i for i, s in enumerate(slots) if isinstance(s, _Reader)
-                         and not s.queue.empty()]
+            if reader is not None and not self.deterministic and not reader.ready():
+                ready = [i for i, s in enumerate(slots) if s is not None and s.ready()]
                 if ready:  # sloppy mode: serve a reader that has data
                     cur, taken = ready[0], 0
                     reader = slots[cur]
             while reader is not None and taken < block:
                 t0 = clock()
                 item = next(reader, _END)
-                if calls == AUTOTUNE and isinstance(reader, _Reader) and clock() - t0 > 1e-3 \
+                if calls == AUTOTUNE and reader.reader is not None and clock() - t0 > 1e-3 \
                         and lookahead[0] < MAX_LOOKAHEAD:
-                    lookahead[0] += 1  # waited on a reader: open more inputs ahead
+                    # waited on a reader: open more inputs ahead (threads waiting on I/O
+                    # cost no CPU; memory is bounded by 2 blocks per reader)
+                    lookahead[0] = min(MAX_LOOKAHEAD, 2 * lookahead[0])
                     stage.extra["lookahead"] = lookahead[0]
                 if item is _END:
                     slots[cur] = open_next()
@@ -226,7 +298,12 @@ class InterleaveNode(Node):
 
 def interleave_pipeline(pipe, fn, cycle_length, block_length, num_parallel_calls,
                         deterministic):
-    """``pipe.interleave(...)``: configure shard reading, or interleave ``fn`` outputs."""
+    """``pipe.interleave(...)``: configure shard reading, or interleave ``fn`` outputs.
+
+    Example::
+
+        interleave_pipeline(pipe, None, 4, 1, AUTOTUNE, True)
+    """
     from .pipeline import Pipeline
 
     check_positive("cycle_length", cycle_length)
@@ -264,7 +341,8 @@ def list_shards(source: Any) -> list[str]:
     if any(c in path for c in "*?["):
         found = sorted(fs.glob(path))
     elif fs.isdir(path):
-        found = sorted(p for p in fs.find(path) if p.endswith((".shard", ".tar", ".tar.gz", ".tgz")))
+        found = sorted(p for p in fs.find(path)
+                       if p.endswith((".shard", ".tar", ".tar.gz", ".tgz")))
     else:
         found = [path] if fs.exists(path) else []
     if not found:
@@ -275,13 +353,18 @@ def list_shards(source: Any) -> list[str]:
     return [fs.unstrip_protocol(p) for p in found]
 
 
-def _open_shard(ignore_errors: bool) -> Callable:
-    def opener(url: str, start: int = 0, on_skip=None) -> Iterator:
-        try:
-            yield from read_shard(url, start, ignore_errors, on_skip)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"shard '{url}' does not exist: check data.shards") from None
-    return opener
+class _ShardFinisher:
+    """Consumer-side half of shard reading: parse fetched blocks into elements."""
+
+    def __init__(self, ignore_errors: bool):
+        self.ignore_errors = ignore_errors
+
+    def __call__(self, url: str, raw: Iterable, start: int, on_skip) -> Iterator:
+        return parse_blocks(raw, url, self.ignore_errors, on_skip, start)
+
+
+def _shard_size(url: str) -> int | None:
+    return None if is_tar(url) else count_records(url)
 
 
 def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool = False,
@@ -307,8 +390,7 @@ def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool =
     files = IndexSource(urls.__getitem__, len(urls), "shard-files")
     if shuffle_shards:
         files.shuffle_seed = random_seed() if seed is None else int(seed)
-    opener = _open_shard(ignore_errors)
-    node = InterleaveNode(files, lambda url: opener(url), cycle_length=1, block_length=1,
-                          num_parallel_calls=None, deterministic=True, opener=opener,
-                          sizer=lambda url: None if is_tar(url) else count_records(url))
+    node = InterleaveNode(files, None, cycle_length=1, block_length=1,
+                          num_parallel_calls=None, deterministic=True, opener=fetch_blocks,
+                          finisher=_ShardFinisher(ignore_errors), sizer=_shard_size)
     return Pipeline(node)

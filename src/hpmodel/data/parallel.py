@@ -1,7 +1,7 @@
 """Parallel map with ordered reassembly, on threads or processes, and its autotuner.
 
 Threads come from ``concurrent.futures.ThreadPoolExecutor`` (right for functions that
-release the GIL: torch ops, numpy, I/O); processes from ``multiprocessing.Pool`` (for
+release the GIL: torch ops, numpy, I/O); processes from ``workers.py`` (for
 pure-Python functions that hold the GIL). Work is submitted in input order and results
 are taken from the head of a bounded window, so the output order is the input order
 whatever the number of workers: element i of the output is ``fn(input i)``.
@@ -14,16 +14,10 @@ the pipeline's CPU budget.
 
 from __future__ import annotations
 
-import multiprocessing
-import pickle
-import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator
-
-import numpy as np
-import torch
 
 clock = time.perf_counter
 
@@ -72,7 +66,12 @@ class Tuner:
 
 
 class ApplyEach:
-    """Chunk function: ``fn`` on every element of the chunk."""
+    """Chunk function: ``fn`` on every element of the chunk.
+
+    Example::
+
+        ApplyEach(abs)([-1, 2])  # [1, 2]
+    """
 
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -87,6 +86,10 @@ class ApplyCollate:
 
     A worker then returns one batch (a few arrays) instead of many small elements,
     which is what makes process workers as cheap to talk to as DataLoader's.
+
+    Example::
+
+        ApplyCollate(abs, default_collate)([torch.tensor(-1), torch.tensor(2)])
     """
 
     def __init__(self, fn: Callable, collate: Callable, drop_short: int = 0):
@@ -101,21 +104,28 @@ class ApplyCollate:
 
 def parallel_map(inputs: Iterator, fn: Callable, workers: int, tuner: Tuner | None,
                  deterministic: bool, stage, processes: bool = False,
-                 chunk_size: int = 1, chunk_fn: Callable | None = None) -> Iterator:
+                 chunk_size: int = 1, chunk_fn: Callable | None = None,
+                 runner: Callable[[], Any] | None = None) -> Iterator:
     """Yield ``fn(x)`` for x in ``inputs`` using ``workers`` threads or processes.
 
     With ``tuner`` the window of chunks in flight follows ``tuner.value``; without it
     the window is ``2 * workers``. ``deterministic=False`` yields whichever result is
     ready first. ``chunk_fn`` (default ``ApplyEach(fn)``) maps a list of up to
-    ``chunk_size`` inputs to a list of outputs.
+    ``chunk_size`` inputs to a list of outputs. ``runner``, a factory of persistent
+    process workers, is called at the first ``next`` (never by a mere ``iter``), and
+    the workers are released, not closed, at the end.
 
     Example::
 
         list(parallel_map(iter(range(4)), abs, 2, None, True, StageStats("map")))
     """
     chunk_fn = chunk_fn or ApplyEach(fn)
-    if processes:
-        runner = _ProcessRunner(chunk_fn, workers)
+    if runner is not None:
+        runner = runner()
+    elif processes:
+        from .workers import ProcessRunner
+
+        runner = ProcessRunner(chunk_fn, workers)
     else:
         runner = _ThreadRunner(chunk_fn, workers, stage)
     pending: deque = deque()
@@ -142,7 +152,10 @@ def parallel_map(inputs: Iterator, fn: Callable, workers: int, tuner: Tuner | No
                 stage.extra["window"] = tuner.value
             yield from results
     finally:
-        runner.close()
+        if hasattr(runner, "release"):
+            runner.release()
+        else:
+            runner.close()
 
 
 def _take(inputs: Iterator, n: int) -> list:
@@ -188,88 +201,3 @@ class _ThreadRunner:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-# --- processes ---------------------------------------------------------------------
-# The function reaches the workers through the Pool initializer: under the "fork"
-# start method initargs are inherited, not pickled, so lambdas and closures work.
-_WORKER_FN: Callable | None = None
-
-
-def _init_worker(fn: Callable) -> None:
-    global _WORKER_FN
-    _WORKER_FN = fn
-    torch.set_num_threads(1)  # like DataLoader workers: no oversubscription
-
-
-def _run_chunk(payload: bytes) -> tuple[bytes, float, int]:
-    t0 = clock()
-    chunk = _unpack(pickle.loads(payload))
-    out = _WORKER_FN(chunk)
-    return pickle.dumps(_pack(out), protocol=5), clock() - t0, len(chunk)
-
-
-def _pack(obj: Any) -> Any:
-    # Tensors travel as numpy arrays: pickling those is a memcpy, while pickling a
-    # tensor goes through torch.save or a shared-memory file descriptor per tensor.
-    if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.requires_grad:
-        try:
-            return _PackedTensor(obj.numpy())
-        except TypeError:  # dtypes numpy lacks (bfloat16)
-            return obj
-    if isinstance(obj, tuple):
-        return tuple(_pack(x) for x in obj)
-    if isinstance(obj, list):
-        return [_pack(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _pack(v) for k, v in obj.items()}
-    return obj
-
-
-def _unpack(obj: Any) -> Any:
-    if isinstance(obj, _PackedTensor):
-        return torch.from_numpy(obj.array)
-    if isinstance(obj, tuple):
-        return tuple(_unpack(x) for x in obj)
-    if isinstance(obj, list):
-        return [_unpack(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _unpack(v) for k, v in obj.items()}
-    return obj
-
-
-class _PackedTensor:
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray):
-        self.array = array
-
-    def __reduce__(self):
-        return (_PackedTensor, (self.array,))
-
-
-class _ProcessRunner:
-    def __init__(self, fn: Callable, workers: int):
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(fn,))
-
-    def submit(self, chunk: list):
-        # Inputs travel packed too: a tensor slice would otherwise move its whole
-        # parent storage into shared memory and cost a file descriptor per task.
-        return self.pool.apply_async(_run_chunk, (pickle.dumps(_pack(chunk), protocol=5),))
-
-    def result(self, handle) -> tuple[list, float, int]:
-        payload, seconds, n_in = handle.get()
-        return _unpack(pickle.loads(payload)), seconds, n_in
-
-    def ready(self, handle) -> bool:
-        return handle.ready()
-
-    def wait_any(self, pending) -> None:
-        next(iter(pending)).wait(0.002)
-
-    def close(self) -> None:
-        # terminate() joins the pool's helper threads (~0.1 s); do not make the
-        # consumer wait for that at the end of every epoch.
-        threading.Thread(target=self.pool.terminate, daemon=True).start()

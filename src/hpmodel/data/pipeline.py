@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 
 from . import stages
 from .core import AUTOTUNE, Context, Node, Stats, check_positive, random_seed
+from .cache import FileCacheNode, MemoryCacheNode
 from .prefetch import DeviceNode, PrefetchNode
-from .sources import IndexSource, IterableSource, tensor_getter
+from .sources import IndexSource, from_dataset, from_tensors  # noqa: F401 - re-exported
 
 clock = time.perf_counter
 STATE_VERSION = 1
@@ -97,7 +97,8 @@ class Pipeline:
 
         Example::
 
-            pipe = from_shards("data/*.shard").interleave(cycle_length=4, num_parallel_calls=AUTOTUNE)
+            pipe = from_shards("data/*.shard").interleave(cycle_length=4,
+                                                          num_parallel_calls=AUTOTUNE)
         """
         from .interleave import interleave_pipeline
 
@@ -115,9 +116,7 @@ class Pipeline:
             pipe = from_tensors(x).map(decode).cache("/tmp/decoded.cache").shuffle(1000, seed=0)
         """
         if filename is None:
-            return self._then(stages.MemoryCacheNode(self._node))
-        from .cache import FileCacheNode
-
+            return self._then(MemoryCacheNode(self._node))
         return self._then(FileCacheNode(self._node, str(filename)))
 
     def shuffle(self, buffer_size: int, seed: int | None = None,
@@ -361,6 +360,15 @@ class Pipeline:
         report.update(epoch=self._epoch, position=self._position)
         return report
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stats"] = None  # holds locks; statistics do not travel
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stats = Stats()
+
     def __repr__(self) -> str:
         return "Pipeline(" + " -> ".join(n.kind for n in self._chain()) + ")"
 
@@ -391,72 +399,3 @@ def _rebuild(chain: list[Node]) -> Node:
 def _check_count(name: str, count: int) -> None:
     if not isinstance(count, int) or count < 0:
         raise ValueError(f"{name} count must be a non-negative int, got {count!r}")
-
-
-def _as_tensor(t: Any, what: str) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        return t
-    if isinstance(t, np.ndarray):
-        return torch.from_numpy(t)
-    try:
-        return torch.as_tensor(t)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"from_tensors could not convert {what} to a tensor ({err}): "
-                         "pass tensors, numpy arrays or nested lists of numbers") from None
-
-
-def from_tensors(tensors: Any) -> Pipeline:
-    """Slice tensors along their first dimension, like ``from_tensor_slices``.
-
-    A tuple gives tuple elements, a dict dict elements, a single tensor tensor elements.
-
-    Example::
-
-        pipe = from_tensors((torch.randn(100, 8), torch.arange(100)))
-        x0, y0 = next(iter(pipe))
-    """
-    if isinstance(tensors, dict):
-        keys = list(tensors)
-        values = tuple(_as_tensor(tensors[k], repr(k)) for k in keys)
-        tuple_get = tensor_getter(values)
-        getter = lambda i: dict(zip(keys, tuple_get(i)))  # noqa: E731
-    elif isinstance(tensors, (tuple, list)):
-        values = tuple(_as_tensor(t, f"item {i}") for i, t in enumerate(tensors))
-        getter = tensor_getter(values)
-    else:
-        values = (_as_tensor(tensors, "the input"),)
-        only = values[0]
-        getter = only.__getitem__
-    if not values or any(v.dim() == 0 for v in values):
-        raise ValueError("from_tensors needs tensors with a first dimension to slice: "
-                         "pass e.g. (x, y) with x.shape[0] == y.shape[0]")
-    lengths = {int(v.shape[0]) for v in values}
-    if len(lengths) != 1:
-        raise ValueError(f"from_tensors got first dimensions {sorted(lengths)}: "
-                         "all tensors must have the same number of rows")
-    return Pipeline(IndexSource(getter, lengths.pop(), "tensors"))
-
-
-def from_dataset(dataset: Any) -> Pipeline:
-    """Wrap a map-style torch ``Dataset`` (indexable), an iterable, or a function returning one.
-
-    Example::
-
-        pipe = from_dataset(torchvision_dataset).map(to_tensor, num_parallel_calls=4)
-        stream = from_dataset(lambda: read_lines("log.txt"))
-    """
-    from torch.utils.data import IterableDataset
-
-    if callable(dataset) and not hasattr(dataset, "__iter__") and not hasattr(dataset, "__getitem__"):
-        return Pipeline(IterableSource(dataset, type(dataset).__name__))
-    if (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
-            and not isinstance(dataset, IterableDataset)):
-        return Pipeline(IndexSource(dataset.__getitem__, len(dataset), type(dataset).__name__))
-    if iter(dataset) is dataset if hasattr(dataset, "__iter__") else False:
-        raise ValueError("from_dataset got a one-shot iterator that cannot be re-read each "
-                         "epoch: pass an iterable or a function returning a fresh iterator")
-    if hasattr(dataset, "__iter__"):
-        length = len(dataset) if hasattr(dataset, "__len__") else -2
-        return Pipeline(IterableSource(lambda: dataset, type(dataset).__name__, length))
-    raise ValueError(f"from_dataset cannot read a {type(dataset).__name__}: pass a torch "
-                     "Dataset, an iterable, or a function returning an iterator")

@@ -32,6 +32,65 @@ class _Failure:
         self.error = error
 
 
+class _Handoff:
+    """Bounded buffer from a producer thread to the consumer; AUTOTUNE deepens it."""
+
+    def __init__(self, capacity: int, stage):
+        self.autotune = capacity == AUTOTUNE
+        self.limit = 1 if self.autotune else capacity
+        self.buffer: deque = deque()
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.stage = stage
+
+    def put(self, item: Any) -> None:
+        """Producer side: wait for room (or for the consumer to leave), then append."""
+        with self.cond:
+            while len(self.buffer) >= self.limit and not self.stop.is_set():
+                self.cond.wait(0.1)
+            self.buffer.append(item)
+            self.cond.notify_all()
+
+    def take(self) -> Any:
+        """Consumer side: the next item, waiting if the buffer is empty."""
+        with self.cond:
+            if not self.buffer:
+                if self.autotune and self.limit < MAX_AUTOTUNE_BUFFER:
+                    self.limit += 1  # the consumer starved: deepen the buffer
+                    self.stage.extra["buffer_size"] = self.limit
+                while not self.buffer:
+                    self.cond.wait()
+            item = self.buffer.popleft()
+            self.cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        """Tell the producer to stop."""
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+
+
+def _produce(make: Callable[[], Iterator], transform, handoff: _Handoff, stage) -> None:
+    iterator = None
+    try:
+        iterator = make()
+        while not handoff.stop.is_set():
+            t0 = clock()
+            item = next(iterator, _END)
+            if item is not _END and transform is not None:
+                item = transform(item)
+            stage.add(clock() - t0, int(item is not _END))
+            handoff.put(item)
+            if item is _END:
+                return
+    except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
+        handoff.put(_Failure(error))
+    finally:
+        if iterator is not None and hasattr(iterator, "close"):
+            iterator.close()  # stops nested threads and worker processes
+
+
 def background(make: Callable[[], Iterator], capacity: int, stage,
                transform: Callable[[Any], Any] | None = None) -> Iterator:
     """Yield the items of ``make()`` produced in a background thread.
@@ -43,67 +102,30 @@ def background(make: Callable[[], Iterator], capacity: int, stage,
 
         list(background(lambda: iter(range(3)), 2, StageStats("prefetch")))  # [0, 1, 2]
     """
-    autotune = capacity == AUTOTUNE
-    limit = [1 if autotune else capacity]
-    buffer: deque = deque()
-    cond = threading.Condition()
-    stop = threading.Event()
-
-    def produce() -> None:
-        iterator = None
-        try:
-            iterator = make()
-            while not stop.is_set():
-                t0 = clock()
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    item = _END
-                if item is not _END and transform is not None:
-                    item = transform(item)
-                stage.add(clock() - t0, int(item is not _END))
-                with cond:
-                    while len(buffer) >= limit[0] and not stop.is_set():
-                        cond.wait(0.1)
-                    buffer.append(item)
-                    cond.notify_all()
-                if item is _END:
-                    return
-        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
-            with cond:
-                buffer.append(_Failure(error))
-                cond.notify_all()
-        finally:
-            if iterator is not None and hasattr(iterator, "close"):
-                iterator.close()  # stops nested threads and pools
-
-    thread = threading.Thread(target=produce, name="hpmodel-prefetch", daemon=True)
+    handoff = _Handoff(capacity, stage)
+    thread = threading.Thread(target=_produce, args=(make, transform, handoff, stage),
+                              name="hpmodel-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            with cond:
-                if not buffer:
-                    if autotune and limit[0] < MAX_AUTOTUNE_BUFFER:
-                        limit[0] += 1  # the consumer starved: deepen the buffer
-                        stage.extra["buffer_size"] = limit[0]
-                    while not buffer:
-                        cond.wait()
-                item = buffer.popleft()
-                cond.notify_all()
+            item = handoff.take()
             if item is _END:
                 return
             if isinstance(item, _Failure):
                 raise item.error
             yield item
     finally:
-        stop.set()
-        with cond:
-            cond.notify_all()
+        handoff.close()
         thread.join(timeout=5)
 
 
 class PrefetchNode(Node):
-    """Produce up to ``buffer_size`` elements ahead in a background thread."""
+    """Produce up to ``buffer_size`` elements ahead in a background thread.
+
+    Example::
+
+        from_tensors(x).batch(64).prefetch(AUTOTUNE)
+    """
 
     kind = "prefetch"
     one_to_one = True
@@ -153,7 +175,12 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
 
 
 class DeviceNode(Node):
-    """Batches copied to ``device`` through pinned memory on a side CUDA stream."""
+    """Batches copied to ``device`` through pinned memory on a side CUDA stream.
+
+    Example::
+
+        from_tensors((x, y)).batch(256).prefetch_to_device("cuda")
+    """
 
     kind = "to_device"
     one_to_one = True

@@ -8,23 +8,30 @@ numpy generator seeded by ``(seed, epoch)``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from .core import AUTOTUNE, INFINITE, UNKNOWN, Context, Node, drain, seeded_rng, timed_iter
-from .parallel import Tuner, parallel_map
-from .sources import shard_count, shard_position
+from .core import AUTOTUNE, INFINITE, Context, Node, drain, seeded_rng, timed_iter
+from .parallel import ApplyEach, Tuner, parallel_map
+from .sources import IndexSource, shard_count, shard_position
 
 clock = time.perf_counter
 
 
 class MapNode(Node):
-    """``fn`` applied to every element; parallel on threads or processes, order kept."""
+    """``fn`` applied to every element; parallel on threads or processes, order kept.
+
+    Example::
+
+        from_tensors(x).map(fn, num_parallel_calls=4)
+    """
 
     kind = "map"
     one_to_one = True
@@ -38,8 +45,21 @@ class MapNode(Node):
         self.use_processes = use_processes
         self.chunk_size = chunk_size
 
+    def _inputs(self, ctx: Context, skip: int) -> tuple[Iterator, Callable]:
+        """Upstream elements and the function to apply to them.
+
+        Process workers right above an indexable source receive indices and read the
+        source themselves (inherited through fork), like DataLoader workers: the
+        consumer then only dispatches integers instead of pickling elements.
+        """
+        up = self.upstream
+        if self.use_processes and isinstance(up, IndexSource):
+            self.stage(ctx).extra["reads_source_in_workers"] = True
+            return iter(up.order(ctx)[skip:].tolist()), GetThenApply(up.getter, self.fn)
+        return up.iterate(ctx, skip), self.fn  # map is 1:1, so skip passes down
+
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
-        inputs = self.upstream.iterate(ctx, skip)  # map is 1:1, so skip passes down
+        inputs, fn = self._inputs(ctx, skip)
         stage = self.stage(ctx)
         calls = self.num_parallel_calls
         if calls in (None, 0, 1) and not self.use_processes:
@@ -52,21 +72,61 @@ class MapNode(Node):
             workers = max(1, calls or 1)
         stage.extra["workers"] = workers
         chunk = self.chunk_size or (16 if self.use_processes else 1)
-        return parallel_map(inputs, self.fn, workers, tuner, self.deterministic, stage,
-                            processes=self.use_processes, chunk_size=chunk)
+        runner = None
+        if self.use_processes:
+            runner = functools.partial(self._runner, ("each", chunk, workers), ApplyEach(fn),
+                                       workers)
+        return parallel_map(inputs, fn, workers, tuner, self.deterministic, stage,
+                            processes=self.use_processes, chunk_size=chunk, runner=runner)
 
     def iterate_batched(self, ctx: Context, skip: int, batch: "BatchNode") -> Iterator:
         """Fused ``map().batch()`` for process workers: each worker maps and collates."""
         from .parallel import ApplyCollate
 
-        inputs = self.upstream.iterate(ctx, skip)
+        inputs, fn = self._inputs(ctx, skip)
         stage = self.stage(ctx)
         workers = ctx.cpu_share if self.num_parallel_calls == AUTOTUNE else self.num_parallel_calls
         stage.extra.update(workers=workers, fused_with_batch=True)
         drop = batch.batch_size if batch.drop_remainder else 0
-        return parallel_map(inputs, self.fn, max(1, workers or 1), None, self.deterministic,
-                            stage, processes=True, chunk_size=batch.batch_size,
-                            chunk_fn=ApplyCollate(self.fn, batch.collate, drop))
+        workers = max(1, workers or 1)
+        chunk_fn = ApplyCollate(fn, batch.collate, drop)
+        runner = functools.partial(self._runner, ("batch", batch.batch_size, drop, workers),
+                                   chunk_fn, workers)
+        return parallel_map(inputs, fn, workers, None, self.deterministic, stage,
+                            processes=True, chunk_size=batch.batch_size, runner=runner)
+
+    def _runner(self, key: tuple, chunk_fn: Callable, workers: int):
+        """Process workers kept across epochs (like DataLoader's persistent_workers).
+
+        They are forked once, at the first epoch, and stopped when this stage is
+        garbage-collected or the program exits (they are daemon processes).
+        """
+        from .workers import ProcessRunner
+
+        cached = self.__dict__.get("_workers")
+        if cached is not None and cached.key == key and cached.claim():
+            return cached
+        runner = ProcessRunner(chunk_fn, workers)
+        runner.key = key
+        runner.claim()
+        if cached is None or not cached.busy:
+            if cached is not None:
+                cached.persistent = False
+                cached.close()
+            runner.persistent = True
+            self._workers = runner
+            weakref.finalize(self, runner.close)
+        return runner
+
+    def clone(self, upstream: Node | None) -> Node:
+        new = super().clone(upstream)
+        new._workers = None  # worker processes are never shared between stages
+        return new
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_workers", None)  # processes do not travel with a pickled pipeline
+        return state
 
     def _sequential(self, inputs: Iterator, stage) -> Iterator:
         fn = self.fn
@@ -80,8 +140,28 @@ class MapNode(Node):
         return self.upstream.cardinality()
 
 
+class GetThenApply:
+    """``fn(getter(i))``: what a process worker runs when it reads the source itself.
+
+    Example::
+
+        GetThenApply([10, 20].__getitem__, str)(1)  # '20'
+    """
+
+    def __init__(self, getter: Callable[[int], Any], fn: Callable):
+        self.getter, self.fn = getter, fn
+
+    def __call__(self, index: int) -> Any:
+        return self.fn(self.getter(index))
+
+
 class FilterNode(Node):
-    """Elements for which ``predicate`` is true; resuming replays the predicate."""
+    """Elements for which ``predicate`` is true; resuming replays the predicate.
+
+    Example::
+
+        from_tensors(x).filter(lambda v: v.sum() > 0)
+    """
 
     kind = "filter"
 
@@ -103,7 +183,12 @@ class FilterNode(Node):
 
 
 class BatchNode(Node):
-    """Groups of ``batch_size`` consecutive elements collated into one batch."""
+    """Groups of ``batch_size`` consecutive elements collated into one batch.
+
+    Example::
+
+        from_tensors((x, y)).batch(32, drop_remainder=True)
+    """
 
     kind = "batch"
 
@@ -166,7 +251,12 @@ def split_batch(batch: Any) -> Iterator:
 
 
 class UnbatchNode(Node):
-    """The rows of each batch as separate elements."""
+    """The rows of each batch as separate elements.
+
+    Example::
+
+        from_tensors(x).batch(8).unbatch()
+    """
 
     kind = "unbatch"
 
@@ -177,7 +267,12 @@ class UnbatchNode(Node):
 
 
 class RepeatNode(Node):
-    """The upstream ``count`` times (forever when None); each pass reshuffles."""
+    """The upstream ``count`` times (forever when None); each pass reshuffles.
+
+    Example::
+
+        from_tensors(x).repeat(2)
+    """
 
     kind = "repeat"
 
@@ -213,7 +308,12 @@ class RepeatNode(Node):
 
 
 class TakeNode(Node):
-    """At most the first ``count`` elements."""
+    """At most the first ``count`` elements.
+
+    Example::
+
+        from_tensors(x).take(10)
+    """
 
     kind = "take"
 
@@ -233,7 +333,12 @@ class TakeNode(Node):
 
 
 class SkipNode(Node):
-    """All but the first ``count`` elements."""
+    """All but the first ``count`` elements.
+
+    Example::
+
+        from_tensors(x).skip(10)
+    """
 
     kind = "skip"
 
@@ -250,7 +355,12 @@ class SkipNode(Node):
 
 
 class ShuffleBufferNode(Node):
-    """Streaming shuffle through a buffer; the draw sequence is seeded by (seed, epoch)."""
+    """Streaming shuffle through a buffer; the draw sequence is seeded by (seed, epoch).
+
+    Example::
+
+        from_shards("data/*.shard").shuffle(10_000, seed=0)
+    """
 
     kind = "shuffle"
 
@@ -286,7 +396,12 @@ class ShuffleBufferNode(Node):
 
 
 class ShardNode(Node):
-    """This rank's part of a stream: round-robin elements or contiguous blocks."""
+    """This rank's part of a stream: round-robin elements or contiguous blocks.
+
+    Example::
+
+        from_shards("data/*.shard").shard(2, rank)
+    """
 
     kind = "shard"
     one_to_one = False
@@ -308,36 +423,3 @@ class ShardNode(Node):
 
     def cardinality(self) -> int:
         return shard_count(self.upstream.cardinality(), *self.spec)
-
-
-class MemoryCacheNode(Node):
-    """Elements of the first complete pass kept in memory and replayed afterwards."""
-
-    kind = "cache"
-    one_to_one = True
-
-    def __init__(self, upstream: Node):
-        super().__init__(upstream)
-        self.store: list | None = None
-
-    def clone(self, upstream: Node | None) -> Node:
-        new = super().clone(upstream)
-        new.store = None
-        return new
-
-    def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
-        if self.store is not None:
-            return iter(self.store[skip:])
-        return self._fill(ctx, skip)
-
-    def _fill(self, ctx: Context, skip: int) -> Iterator:
-        items = [] if skip == 0 else None  # a partial pass cannot fill the cache
-        for item in self.upstream.iterate(ctx, skip):
-            if items is not None:
-                items.append(item)
-            yield item
-        if items is not None:
-            self.store = items
-
-    def cardinality(self) -> int:
-        return len(self.store) if self.store is not None else self.upstream.cardinality()

@@ -88,7 +88,9 @@ def _file_records(pattern: str) -> Iterable[tuple]:
     for name in names:
         with open(name, "rb") as f:
             raw = f.read()
-        yield torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8), name
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else \
+            torch.empty(0, dtype=torch.uint8)
+        yield data, name
 
 
 def _load_input(source: str, keys: list[str] | None) -> Any:
@@ -121,7 +123,7 @@ def build_write_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     parser.add_argument("--records-per-shard", type=int, default=10_000)
     parser.add_argument("--prefix", default="shard")
     parser.add_argument("--keys", default=None,
-                        help="comma-separated .npz arrays to store per record, e.g. x_train,y_train")
+                        help="comma-separated .npz arrays per record, e.g. x_train,y_train")
     return parser
 
 

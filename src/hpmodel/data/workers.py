@@ -1,0 +1,236 @@
+"""Process workers for ``map(use_processes=True)``, built on ``multiprocessing`` pipes.
+
+Like DataLoader's workers: chunks of work are dealt round-robin to W forked processes
+and their results read back in the same order, so output order never depends on
+timing. Unlike ``multiprocessing.Pool`` there are no helper threads in the consumer's
+process: the consumer sends tasks and receives results itself, so the training loop's
+thread does not fight extra threads for the GIL. Each worker drains its task pipe in a
+small thread of its own, which keeps either side from blocking on a full pipe.
+
+Tensors cross the pipe as numpy arrays (pickled by value, one memcpy).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import queue
+import random
+import threading
+import time
+import traceback
+from collections import deque
+from multiprocessing.connection import wait as wait_connections
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+clock = time.perf_counter
+
+
+def _pack(obj: Any) -> Any:
+    # Tensors travel as numpy arrays: pickling those is a memcpy, while pickling a
+    # tensor goes through torch.save or a shared-memory file descriptor per tensor.
+    if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.requires_grad:
+        try:
+            return _PackedTensor(obj.numpy())
+        except TypeError:  # dtypes numpy lacks (bfloat16)
+            return obj
+    if isinstance(obj, tuple):
+        return tuple(_pack(x) for x in obj)
+    if isinstance(obj, list):
+        return [_pack(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    return obj
+
+
+def _unpack(obj: Any) -> Any:
+    if isinstance(obj, _PackedTensor):
+        return torch.from_numpy(obj.array)
+    if isinstance(obj, tuple):
+        return tuple(_unpack(x) for x in obj)
+    if isinstance(obj, list):
+        return [_unpack(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _unpack(v) for k, v in obj.items()}
+    return obj
+
+
+class _PackedTensor:
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __reduce__(self):
+        return (_PackedTensor, (self.array,))
+
+
+def _worker_main(chunk_fn: Callable, tasks, results, seed: int) -> None:
+    """Body of one worker process: run ``chunk_fn`` on each task, in order."""
+    torch.set_num_threads(1)  # like DataLoader workers: no oversubscription
+    # Forked workers inherit the parent's RNG states; without reseeding every worker
+    # would draw the same "random" augmentations (DataLoader seeds the same way).
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    inbox: queue.Queue = queue.Queue()
+
+    def receive() -> None:
+        while True:
+            try:
+                inbox.put(tasks.recv_bytes())
+            except (EOFError, OSError):
+                inbox.put(b"")
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    while True:
+        payload = inbox.get()
+        if not payload:
+            return
+        t0 = clock()
+        try:
+            chunk = _unpack(pickle.loads(payload))
+            out = pickle.dumps(("ok", _pack(chunk_fn(chunk)), clock() - t0, len(chunk)),
+                               protocol=5)
+        except BaseException as error:  # noqa: BLE001 - sent to the consumer
+            out = _error_payload(error)
+        try:
+            results.send_bytes(out)
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _error_payload(error: BaseException) -> bytes:
+    text = traceback.format_exc()
+    try:
+        return pickle.dumps(("error", error, text))
+    except Exception:  # noqa: BLE001 - an unpicklable exception
+        return pickle.dumps(("error", RuntimeError(f"map function failed:\n{text}"), text))
+
+
+_CLOSE_LOCK = threading.Lock()
+
+
+class ProcessRunner:
+    """W worker processes fed round-robin; the runner interface used by parallel_map.
+
+    Example::
+
+        runner = ProcessRunner(lambda chunk: [x * 2 for x in chunk], workers=2)
+        handle = runner.submit([1, 2]); runner.result(handle)[0]  # [2, 4]
+    """
+
+    def __init__(self, chunk_fn: Callable, workers: int):
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.procs, self.tasks, self.results = [], [], []
+        base_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        for worker in range(workers):
+            task_out, task_in = ctx.Pipe(duplex=False)
+            result_out, result_in = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(chunk_fn, task_out, result_in,
+                                                              base_seed + worker),
+                               daemon=True, name="hpmodel-map-worker")
+            proc.start()
+            task_out.close()
+            result_in.close()
+            self.procs.append(proc)
+            self.tasks.append(task_in)
+            self.results.append(result_out)
+        self.outstanding = [deque() for _ in range(workers)]
+        self.done: dict = {}
+        self.count = 0
+        self.busy = False
+        self.persistent = False
+        self.closed = False
+        self.key: Any = None
+
+    def claim(self) -> bool:
+        """Take the workers for one epoch; False if another iteration has them."""
+        if self.busy or self.closed or not all(p.is_alive() for p in self.procs):
+            return False
+        self.busy = True
+        return True
+
+    def release(self) -> None:
+        """End of an epoch: drop unread results; keep the workers if persistent."""
+        try:
+            for worker, waiting in enumerate(self.outstanding):
+                while waiting:
+                    self._receive(worker)
+            self.done.clear()
+        except RuntimeError:
+            self.persistent = False  # a worker died: do not reuse these
+        self.busy = False
+        if not self.persistent:
+            self.close()
+
+    def submit(self, chunk: list) -> tuple[int, int]:
+        """Send ``chunk`` to the next worker in turn; returns its handle."""
+        task, worker = self.count, self.count % len(self.procs)
+        self.count += 1
+        self.tasks[worker].send_bytes(pickle.dumps(_pack(chunk), protocol=5))
+        self.outstanding[worker].append(task)
+        return task, worker
+
+    def _receive(self, worker: int) -> None:
+        try:
+            payload = self.results[worker].recv_bytes()
+        except (EOFError, OSError):
+            proc = self.procs[worker]
+            proc.join(timeout=1)
+            raise RuntimeError(f"a map worker process exited unexpectedly (exit code "
+                               f"{proc.exitcode}): it may have run out of memory or "
+                               "crashed in native code; try fewer workers") from None
+        self.done[self.outstanding[worker].popleft()] = payload
+
+    def result(self, handle: tuple[int, int]) -> tuple[list, float, int]:
+        """Wait for ``handle``'s results (workers answer in the order they were given work)."""
+        task, worker = handle
+        while task not in self.done:
+            self._receive(worker)
+        message = pickle.loads(self.done.pop(task))
+        if message[0] == "error":
+            raise message[1]
+        _, out, seconds, n_in = message
+        return _unpack(out), seconds, n_in
+
+    def ready(self, handle: tuple[int, int]) -> bool:
+        """Whether ``handle``'s result can be taken without waiting."""
+        task, worker = handle
+        if task in self.done:
+            return True
+        if self.outstanding[worker] and self.outstanding[worker][0] == task \
+                and self.results[worker].poll():
+            self._receive(worker)
+            return True
+        return False
+
+    def wait_any(self, pending) -> None:
+        """Block until some worker has a result."""
+        wait_connections(self.results, timeout=0.1)
+
+    def close(self) -> None:
+        """Stop the workers without making the consumer wait for them (idempotent)."""
+        with _CLOSE_LOCK:
+            if self.closed:
+                return
+            self.closed = True
+        for conn in self.tasks:
+            try:
+                conn.send_bytes(b"")
+            except (BrokenPipeError, OSError):
+                pass
+        threading.Thread(target=self._reap, daemon=True).start()
+
+    def _reap(self) -> None:
+        for proc in self.procs:
+            proc.join(timeout=2)
+            if proc.is_alive():
+                proc.terminate()
+        for conn in self.tasks + self.results:
+            conn.close()
