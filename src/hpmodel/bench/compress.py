@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import tempfile
 from pathlib import Path
@@ -76,7 +77,7 @@ def cpu_latency_rows(work: Path, quick: bool, threads: int, repeats: int) -> lis
         for name, runner in runners.items():
             array = x.numpy()
             timings[name] = _ms(lambda: runner.run_numpy(array), repeats)
-        if not quick:
+        if not quick and importlib.util.find_spec("torchao") is not None:  # optional dependency
             timings["torchao int8-dynamic (eager)"] = _torchao_int8_ms(model, x, max(3, repeats // 5))
         for name, ms in timings.items():
             rows.append({"case": "cpu-latency", "variant": name, "batch": batch, "ms": ms,
