@@ -11,12 +11,14 @@ Example::
     trainer = hm.Trainer(strategy=strategy, precision="bf16")
 """
 
+from hpmodel import data
+from hpmodel.data import AUTOTUNE
 from hpmodel.errors import ConfigError, HpmodelError
 from hpmodel.strategies import available_strategies, get_strategy
 from hpmodel.train import BackupAndRestore, Callback, EarlyStopping, Trainer
 
 __version__ = "0.1.0"
-AUTOTUNE = -1  # let the input pipeline choose parallelism and buffer sizes at run time
 
-__all__ = ["AUTOTUNE", "BackupAndRestore", "Callback", "ConfigError", "EarlyStopping", "HpmodelError", "Trainer",
+__all__ = ["AUTOTUNE", "BackupAndRestore", "Callback", "ConfigError", "EarlyStopping", "HpmodelError",
+           "Trainer", "data",
            "__version__", "available_strategies", "get_strategy"]
