@@ -118,6 +118,11 @@ CHOICES = {
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML file (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    return config_from_dict(read_toml(path, overrides))
+
+
+def read_toml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The parsed TOML document at ``path`` (empty when None) with ``key=value`` overrides applied."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -129,7 +134,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file '{path}' is not valid TOML: {error}") from None
     for item in overrides or []:
         apply_override(raw, item)
-    return config_from_dict(raw)
+    return raw
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -37,6 +37,7 @@ STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
     "plain-ddp": ("", {}),
     "mirrored": ("mirrored", {}),
     "mirrored-overlap": ("mirrored", {"overlap_optimizer": True}),
+    "mirrored-bf16-grads": ("mirrored", {"gradient_compression": "bf16"}),
     "central-storage": ("central-storage", {"master_device": "device"}),
     "sharded": ("sharded", {}),
 }

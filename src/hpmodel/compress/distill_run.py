@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from hpmodel.compress.distill import Ensemble, distill, load_teacher, soft_targets
 from hpmodel.compress.distill_report import accuracy, gap_recovered, measure, write_report
 from hpmodel.compress.noisy_student import Noise, noisy_student
-from hpmodel.config import RunConfig, apply_override, check_type, config_from_dict, to_toml
+from hpmodel.config import RunConfig, check_type, config_from_dict, read_toml, to_toml
 from hpmodel.datasets import load_splits
 from hpmodel.errors import ConfigError, HpmodelError
 from hpmodel.train.callbacks import MetricsLogger
@@ -90,15 +89,7 @@ def distill_config_from_dict(raw: Any) -> DistillConfig:
 
 def load_distill_config(path: str | Path, overrides: list[str] | None = None):
     """The student's RunConfig and the DistillConfig from one TOML file (+ ``key=value`` overrides)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist: give the path of a TOML file")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file '{path}' is not valid TOML: {error}") from None
-    for item in overrides or []:
-        apply_override(raw, item)
+    raw = read_toml(path, overrides)
     distill_raw = raw.pop("distill", {})
     return config_from_dict(raw), distill_config_from_dict(distill_raw)
 
