@@ -32,8 +32,34 @@ def run_benchmark(name: str, out_dir: Path, quick: bool = False, **options: Any)
     module = importlib.import_module(f"hpmodel.bench.{name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return module.run_bench(out_dir, quick=quick, **options)
+        result = module.run_bench(out_dir, quick=quick, **options)
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
             raise HpmodelError(f"benchmark '{name}': {error}; see its module docstring") from None
         raise
+    write_bench_report(out_dir, name, result, quick, options)
+    return result
+
+
+def write_bench_report(out_dir: Path, name: str, result: dict, quick: bool, options: dict) -> Path:
+    """``report.md`` / ``report.html`` beside the benchmark's JSON: its table and its plot."""
+    import json
+    import shlex
+
+    from hpmodel.reporting import Report
+
+    report = Report(f"hpmodel bench {name}")
+    command = ["hpmodel", "bench", name, "--out", str(out_dir)] + (["--quick"] if quick else [])
+    command += [arg for key, value in options.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    report.code(shlex.join(command))
+    environment = result.get("environment") or result.get("host")
+    if environment:
+        report.table([{"fact": key, "value": value} for key, value in environment.items()])
+    rows = result.get("rows")
+    if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows):
+        report.table(rows)
+    else:
+        report.code(json.dumps(result, indent=2, default=str)[:20000])
+    report.image(out_dir / f"{name}.png", f"hpmodel bench {name}")
+    markdown, _ = report.write(out_dir)
+    return markdown
