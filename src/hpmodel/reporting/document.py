@@ -15,7 +15,7 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;
 padding:0 1em;color:#1b1f24;line-height:1.45}
 h1{border-bottom:2px solid #3b6ea5;padding-bottom:.2em}h2{margin-top:1.6em;color:#24466b}
-table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #c9d1d9;padding:.3em .7em;
+table{border-collapse:collapse;margin:.6em 0 1.2em;display:block;overflow-x:auto;max-width:100%}th,td{border:1px solid #c9d1d9;padding:.3em .7em;
 text-align:right}th{background:#eef3f8}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #d0d7de;border-radius:4px;margin:.4em 0}
 pre{background:#f6f8fa;padding:.7em;border-radius:4px;overflow-x:auto}
