@@ -5,7 +5,6 @@ import pytest
 from conftest import run_cli
 from hpmodel.cli import main
 from hpmodel.config import load_config, to_toml, config_from_dict
-from hpmodel.errors import ConfigError
 import tomllib
 
 

@@ -61,6 +61,7 @@ def test_multi_teacher_run_writes_report(teachers, tmp_path):
                  "scratch/model.safetensors"):
         assert (out / name).is_file(), name
     written = json.loads((out / "summary.json").read_text())
+    assert written["test_accuracy"] == pytest.approx(summary["test_accuracy"])  # returned = written
     models = [row["model"] for row in written["report"]]
     assert models[-3:] == ["teachers (ensemble)", "student from scratch", "distilled student (average)"]
     assert 0.3 < written["test_accuracy"] <= 1 and written["gap_recovered"] is not None

@@ -10,12 +10,15 @@ wraps a stream (an iterable torch ``Dataset``, a generator factory); skipping re
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from .core import UNKNOWN, Context, Node, drain, seeded_rng, timed_iter
+
+if TYPE_CHECKING:  # pipeline.py imports this module
+    from .pipeline import Pipeline
 
 
 def select_shard(n: int, num_shards: int, index: int, block: int | None) -> np.ndarray:

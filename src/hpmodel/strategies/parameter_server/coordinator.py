@@ -88,20 +88,24 @@ class Coordinator:
 
     # -- async and bounded --------------------------------------------------------------------
     def run_async(self, pending: collections.deque, log) -> None:
+        self.run_until_done(pending, log, self.may_start)
+
+    def run_until_done(self, todo: collections.deque, log, may_start=lambda name: True) -> None:
+        """Hand ``todo``'s steps to live workers, one each at a time, until all are recorded;
+        a step whose worker died goes back to the front of ``todo`` (at-least-once)."""
         in_flight: dict[str, tuple[int, torch.Tensor]] = {}
-        while pending or in_flight:
+        while todo or in_flight:
             for name in self.alive:
-                if name not in in_flight and pending and self.may_start(name):
-                    step = pending.popleft()
-                    in_flight[name] = step
-                    self.dispatch(name, step)
+                if name not in in_flight and todo and may_start(name):
+                    in_flight[name] = todo.popleft()
+                    self.dispatch(name, in_flight[name])
             if not in_flight:
                 self.require_workers()
                 continue
             name, step, result = self.next_result()
             del in_flight[name]
             if not self.record(name, step, result, log):
-                pending.appendleft(step)
+                todo.appendleft(step)
 
     def may_start(self, name: str) -> bool:
         if self.mode != "bounded":
@@ -118,19 +122,7 @@ class Coordinator:
         while pending:
             self.require_workers()
             round_steps = [pending.popleft() for _ in range(min(len(self.alive), len(pending)))]
-            todo, in_flight = collections.deque(round_steps), {}
-            while todo or in_flight:
-                for name in self.alive:
-                    if name not in in_flight and todo:
-                        in_flight[name] = todo.popleft()
-                        self.dispatch(name, in_flight[name])
-                if not in_flight:
-                    self.require_workers()
-                    continue
-                name, step, result = self.next_result()
-                del in_flight[name]
-                if not self.record(name, step, result, log):
-                    todo.appendleft(step)
+            self.run_until_done(collections.deque(round_steps), log)
             ids = [step_id for step_id, _ in round_steps]
             self.call_servers(server.apply_round, ids)
 
