@@ -130,13 +130,20 @@ class ProcessGroupStrategy(Strategy):
             local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         timeout = timedelta(seconds=self.config.timeout_s)
-        dist.init_process_group(self.backend, store=attempt_store(timeout), rank=int(os.environ["RANK"]),
+        self._store = attempt_store(timeout)  # kept until the group is destroyed (teardown)
+        dist.init_process_group(self.backend, store=self._store, rank=int(os.environ["RANK"]),
                                 world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
                                 device_id=self.device if self.uses_cuda else None)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_store", None)  # a live store connection belongs to its process
+        return state
 
     def teardown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+        self._store = None  # the store client goes after the group that used it
 
     # -- collectives ----------------------------------------------------------------------
     def reduce(self, value: Any, op: str = "mean") -> torch.Tensor:
