@@ -16,3 +16,13 @@ def test_pipeline_bench_quick_writes_table_json_and_plot(tmp_path):
     assert all(r["examples_per_second"] > 0 for r in rows)
     assert (tmp_path / "pipeline.png").stat().st_size > 0
     assert "hpmodel bench pipeline" in proc.stdout
+
+
+def test_pipeline_bench_runs_stages_times_replicas(tmp_path):
+    # Pipeline × data parallel: 2 stages × 2 replicas = 4 Gloo processes.
+    run_cli("bench", "pipeline", "--out", str(tmp_path), "--quick", "--set", "replicas=2",
+            timeout=300, check=True)
+    result = json.loads((tmp_path / "pipeline.json").read_text())
+    assert (result["stages"], result["replicas"]) == (2, 2)
+    rows = [r for r in result["rows"] if r["part"] == "throughput"]
+    assert len(rows) == 10 and all(r["examples_per_second"] > 0 for r in rows)

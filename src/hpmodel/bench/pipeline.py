@@ -13,13 +13,15 @@ width and batch) whose training step fits in a capped share of GPU memory
 ``torch.cuda.OutOfMemoryError``, for plain training, ``train.recompute = "all"`` and
 ``train.offload_activations``. Each search is capped in time.
 
-Options (``--set``): width, depth (blocks per pipeline), batch, steps, memory_gib,
-search_seconds, ffn_width, ffn_batch.
+Options (``--set``): width, depth (blocks per pipeline), batch (per replica), steps,
+stages (K, default 2), replicas (pipeline × data parallel, default 1; K × replicas
+processes), memory_gib, search_seconds, ffn_width, ffn_batch.
 
 Example::
 
     hpmodel bench pipeline --out runs/bench            # 2 GPUs, about 3 minutes
     hpmodel bench pipeline --out runs/bench --quick    # CPU, seconds
+    hpmodel bench pipeline --out runs/bench --set stages=2 --set replicas=2   # 4 GPUs
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ def throughput_worker(options: dict[str, Any], strategy) -> list[dict[str, Any]]
                 torch.cuda.synchronize()
             dist.barrier()
             seconds = (time.perf_counter() - start) / options["steps"]
+            examples = options["batch"] * options["replicas"]  # each replica runs its own batch
             rows.append({"part": "throughput", "schedule": schedule, "microbatches": microbatches,
-                         "step_ms": 1e3 * seconds, "examples_per_second": options["batch"] / seconds})
+                         "step_ms": 1e3 * seconds, "examples_per_second": examples / seconds})
     return rows
 
 
@@ -168,28 +171,32 @@ def run_bench(out_dir: Path, quick: bool = False, **options: Any) -> dict:
 
     defaults = ({"width": 64, "depth": 4, "batch": 64, "steps": 3} if quick else
                 {"width": 4096, "depth": 16, "batch": 8192, "steps": 5})
-    defaults.update({"memory_gib": 4.0, "search_seconds": 45.0, "ffn_width": 512, "ffn_batch": 8192})
+    defaults.update({"memory_gib": 4.0, "search_seconds": 45.0, "ffn_width": 512, "ffn_batch": 8192,
+                     "stages": 2, "replicas": 1})
     unknown = set(options) - set(defaults)
     if unknown:
         raise TypeError(f"run_bench() got an unexpected keyword argument '{sorted(unknown)[0]}'")
     options = {**defaults, **options}
     device = "cpu" if quick or not torch.cuda.is_available() else "cuda"
-    strategy = Pipeline(devices=2, device=device, split_points=[options["depth"] // 2 + 1])
+    stages, replicas = options["stages"], options["replicas"]
+    splits = [options["depth"] * i // stages + 1 for i in range(1, stages)]  # equal MLP blocks
+    strategy = Pipeline(devices=stages * replicas, stages=stages, device=device, split_points=splits)
     rows = strategy.launch(throughput_worker, options, strategy)
-    add_bounds(rows, stages=2)
+    add_bounds(rows, stages=stages)
     rows += memory_rows(options)
-    return write_results(out_dir, "pipeline", rows, plot=lambda ax: plot(ax, rows),
-                         extra={"options": options, "device": device, "stages": 2},
-                         title="hpmodel bench pipeline (2 stages)")
+    return write_results(out_dir, "pipeline", rows, plot=lambda ax: plot(ax, rows, stages),
+                         extra={"options": options, "device": device, "stages": stages,
+                                "replicas": replicas},
+                         title=f"hpmodel bench pipeline ({stages} stages × {replicas} replica(s))")
 
 
-def plot(ax, rows: list[dict[str, Any]]) -> None:
+def plot(ax, rows: list[dict[str, Any]], stages: int = 2) -> None:
     for schedule in SCHEDULES:
         part = [r for r in rows if r.get("schedule") == schedule]
         ax.plot([r["microbatches"] for r in part], [r["speedup_vs_naive"] for r in part], "o-",
                 label=f"{schedule} measured")
     ms = list(MICROBATCHES)
-    ax.plot(ms, [2 * m / (m + 1) for m in ms], "k--", label="bubble bound K·M/(M+K−1)")
+    ax.plot(ms, [stages * m / (m + stages - 1) for m in ms], "k--", label="bubble bound K·M/(M+K−1)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("micro-batches M")
     ax.set_ylabel("speedup over naive model parallelism (M = 1)")
