@@ -1,11 +1,15 @@
-"""Shared by the compression tests: one small fp32 MLP trained on digits per test module."""
+"""Shared by the compression tests: one small fp32 MLP trained on digits per test module,
+and the fixtures built on it (import them into a test module to use them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from hpmodel.compress.variants import load_source
 from hpmodel.config import load_config
-from hpmodel.train.run import train_from_config
+from hpmodel.train.run import evaluate_run, train_from_config
 
 # width 512: weights dominate the file size, so int8 files can be ~4× smaller
 MLP_OVERRIDES = ['model.name="mlp"', "model.width=512", "model.depth=2", "optimizer.lr=0.001",
@@ -18,3 +22,15 @@ def train_mlp(out: Path, extra: list[str] = ()) -> Path:
     cfg = load_config(None, MLP_OVERRIDES + list(extra))
     train_from_config(cfg, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """The trained fp32 MLP, loaded for compression."""
+    return load_source(train_mlp(tmp_path_factory.mktemp("fp32")))
+
+
+@pytest.fixture(scope="module")
+def fp32(source):
+    """The fp32 model's test accuracy, the bar every variant is held to."""
+    return evaluate_run(source.run_dir)["test_accuracy"]

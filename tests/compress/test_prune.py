@@ -5,23 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from compress_fixtures import train_mlp
+from compress_fixtures import fp32, source, train_mlp  # noqa: F401 (fixtures)
 from hpmodel.compress import prune
-from hpmodel.compress.variants import CompressOptions, build_variant, load_source
+from hpmodel.compress.variants import CompressOptions, build_variant
 from hpmodel.config import ModelConfig
 from hpmodel.models import build_model, count_parameters
 from hpmodel.train.run import evaluate_run
 from hpmodel.train.run_dir import load_weights
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    return load_source(train_mlp(tmp_path_factory.mktemp("fp32")))
-
-
-@pytest.fixture(scope="module")
-def fp32(source):
-    return evaluate_run(source.run_dir)["test_accuracy"]
 
 
 def test_polynomial_decay_matches_the_formula():

@@ -5,20 +5,10 @@ import json
 import pytest
 import torch
 
-from compress_fixtures import train_mlp
+from compress_fixtures import fp32, source, train_mlp  # noqa: F401 (fixtures)
 from hpmodel.compress import quantize
-from hpmodel.compress.variants import CompressOptions, build_variant, load_source, load_variant
+from hpmodel.compress.variants import CompressOptions, build_variant, load_variant
 from hpmodel.train.run import evaluate_run
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    return load_source(train_mlp(tmp_path_factory.mktemp("fp32")))
-
-
-@pytest.fixture(scope="module")
-def fp32(source):
-    return evaluate_run(source.run_dir)["test_accuracy"]
 
 
 @pytest.mark.parametrize("mode", ["dynamic-int8", "static-int8"])
