@@ -18,11 +18,11 @@ import torch
 from . import stages
 from .core import AUTOTUNE, Context, Node, Stats, check_positive, random_seed
 from .cache import FileCacheNode, MemoryCacheNode
+from .position import position_state, rebuild, restored_chain
 from .prefetch import DeviceNode, PrefetchNode
 from .sources import IndexSource, from_dataset, from_tensors  # noqa: F401 - re-exported
 
 clock = time.perf_counter
-STATE_VERSION = 1
 
 
 class Pipeline:
@@ -139,7 +139,7 @@ class Pipeline:
                 and all(n.kind in ("map", "prefetch") for n in chain[1:])):
             new_root = root.clone(None)
             new_root.shuffle_seed, new_root.reshuffle = seed, reshuffle_each_iteration
-            return self._then(_rebuild([new_root] + chain[1:]))
+            return self._then(rebuild([new_root] + chain[1:]))
         return self._then(stages.ShuffleBufferNode(self._node, buffer_size, seed,
                                                    reshuffle_each_iteration))
 
@@ -321,9 +321,7 @@ class Pipeline:
 
             torch.save({"data": pipe.state_dict()}, "ckpt.pt")  # loads with weights_only=True
         """
-        return {"version": STATE_VERSION, "epoch": self._epoch, "position": self._position,
-                "seeds": [s for s in (_seed_of(n) for n in self._chain()) if s is not None],
-                "stages": [n.kind for n in self._chain()]}
+        return position_state(self._chain(), self._epoch, self._position)
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``: the next iteration yields exactly the rest of that epoch.
@@ -332,20 +330,7 @@ class Pipeline:
 
             pipe.load_state_dict(torch.load("ckpt.pt", weights_only=True)["data"])
         """
-        kinds = [n.kind for n in self._chain()]
-        if state.get("version") != STATE_VERSION or list(state.get("stages", [])) != kinds:
-            raise ValueError(f"data state was saved from a different pipeline "
-                             f"({state.get('stages')} vs {kinds}): rebuild the same pipeline "
-                             "before load_state_dict")
-        chain, seeds = self._chain(), list(state["seeds"])
-        if len(seeds) != sum(_seed_of(n) is not None for n in chain):
-            raise ValueError("data state has a different number of shuffle seeds than this "
-                             "pipeline: rebuild the same pipeline before load_state_dict")
-        new = [n.clone(None) if _seed_of(n) is not None else n for n in chain]
-        for n in new:
-            if _seed_of(n) is not None:
-                _set_seed(n, int(seeds.pop(0)))
-        self._node = _rebuild(new)
+        self._node = restored_chain(self._chain(), state)
         self._epoch, self._position = int(state["epoch"]), int(state["position"])
         self._resume_at = self._position
 
@@ -371,29 +356,6 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return "Pipeline(" + " -> ".join(n.kind for n in self._chain()) + ")"
-
-
-def _seed_of(node: Node) -> int | None:
-    if isinstance(node, IndexSource):
-        return node.shuffle_seed
-    if isinstance(node, stages.ShuffleBufferNode):
-        return node.seed
-    return None
-
-
-def _set_seed(node: Node, seed: int) -> None:
-    if isinstance(node, IndexSource):
-        node.shuffle_seed = seed
-    else:
-        node.seed = seed
-
-
-def _rebuild(chain: list[Node]) -> Node:
-    """Re-link ``chain`` (root first), cloning every node above a replaced one."""
-    node = chain[0]
-    for n in chain[1:]:
-        node = n if n.upstream is node else n.clone(node)
-    return node
 
 
 def _check_count(name: str, count: int) -> None:

@@ -1,0 +1,62 @@
+"""A pipeline's resumable position as plain data, and the chain rebuilt from it.
+
+Order is a pure function of the shuffle seeds and the epoch, so ``(epoch, elements handed
+out, seeds)`` is the whole position; the stage kinds guard against loading a position into
+a different pipeline.
+"""
+
+from __future__ import annotations
+
+from . import stages
+from .core import Node
+from .sources import IndexSource
+
+STATE_VERSION = 1
+
+
+def position_state(chain: list[Node], epoch: int, position: int) -> dict:
+    """The JSON-safe state of a pipeline whose nodes (root first) are ``chain``."""
+    return {"version": STATE_VERSION, "epoch": epoch, "position": position,
+            "seeds": [s for s in (_seed_of(n) for n in chain) if s is not None],
+            "stages": [n.kind for n in chain]}
+
+
+def restored_chain(chain: list[Node], state: dict) -> Node:
+    """The last node of ``chain`` rebuilt with ``state``'s shuffle seeds (checked to fit)."""
+    kinds = [n.kind for n in chain]
+    if state.get("version") != STATE_VERSION or list(state.get("stages", [])) != kinds:
+        raise ValueError(f"data state was saved from a different pipeline "
+                         f"({state.get('stages')} vs {kinds}): rebuild the same pipeline "
+                         "before load_state_dict")
+    seeds = list(state["seeds"])
+    if len(seeds) != sum(_seed_of(n) is not None for n in chain):
+        raise ValueError("data state has a different number of shuffle seeds than this "
+                         "pipeline: rebuild the same pipeline before load_state_dict")
+    new = [n.clone(None) if _seed_of(n) is not None else n for n in chain]
+    for n in new:
+        if _seed_of(n) is not None:
+            _set_seed(n, int(seeds.pop(0)))
+    return rebuild(new)
+
+
+def _seed_of(node: Node) -> int | None:
+    if isinstance(node, IndexSource):
+        return node.shuffle_seed
+    if isinstance(node, stages.ShuffleBufferNode):
+        return node.seed
+    return None
+
+
+def _set_seed(node: Node, seed: int) -> None:
+    if isinstance(node, IndexSource):
+        node.shuffle_seed = seed
+    else:
+        node.seed = seed
+
+
+def rebuild(chain: list[Node]) -> Node:
+    """Re-link ``chain`` (root first), cloning every node above a replaced one."""
+    node = chain[0]
+    for n in chain[1:]:
+        node = n if n.upstream is node else n.clone(node)
+    return node
