@@ -16,6 +16,7 @@ def test_pipeline_bench_quick_writes_table_json_and_plot(tmp_path):
     assert all(r["examples_per_second"] > 0 for r in rows)
     assert (tmp_path / "pipeline.png").stat().st_size > 0
     assert "hpmodel bench pipeline" in proc.stdout
+    assert "pipeline partition (time-balanced)" in proc.stdout  # the strategy's own partitioner
 
 
 def test_pipeline_bench_runs_stages_times_replicas(tmp_path):
@@ -26,3 +27,10 @@ def test_pipeline_bench_runs_stages_times_replicas(tmp_path):
     assert (result["stages"], result["replicas"]) == (2, 2)
     rows = [r for r in result["rows"] if r["part"] == "throughput"]
     assert len(rows) == 10 and all(r["examples_per_second"] > 0 for r in rows)
+
+
+def test_pipeline_bench_names_a_wrong_partition(tmp_path):
+    proc = run_cli("bench", "pipeline", "--out", str(tmp_path), "--quick", "--set", "partition=even",
+                   timeout=60)
+    assert proc.returncode == 2
+    assert "partition = 'even' is unknown" in proc.stderr + proc.stdout

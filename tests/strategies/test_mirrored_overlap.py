@@ -19,3 +19,23 @@ def test_gradient_compression_stays_close_to_one_device():
     assert_matches_one_device(result, one_device(), tolerance=2e-2)
     exact = train(hm.get_strategy("mirrored", devices=2), replicas=2)
     assert result.state_dict["2.weight"].ne(exact.state_dict["2.weight"]).any()  # really compressed
+
+
+def test_overlap_is_off_in_a_single_process():
+    # One process has no all-reduce to hide the step behind (on a GPU the overlap only cost
+    # time there), so the optimizer steps as usual.
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        strategy = hm.get_strategy("mirrored", devices=1, device="cpu", overlap_optimizer=True)
+        model, optimizer = strategy.setup(nn.Linear(2, 2), lambda p: torch.optim.SGD(p, lr=0.1))
+        before = model.module.weight.detach().clone()
+        model(torch.ones(1, 2)).sum().backward()
+        assert torch.equal(model.module.weight, before)  # backward alone stepped nothing
+        strategy.optimizer_step(optimizer)
+        assert not torch.equal(model.module.weight, before)
+    finally:
+        dist.destroy_process_group()

@@ -89,7 +89,9 @@ class Mirrored(ProcessGroupStrategy):
                               "for strategy.nnodes > 1")
 
     def setup(self, model: nn.Module, optimizer=None):
-        overlap = self.config.overlap_optimizer and optimizer is not None
+        # One process has no all-reduce to hide the step behind: there the overlap only costs
+        # (measured on one H200: 193k vs 201k examples/s on the reference model).
+        overlap = self.config.overlap_optimizer and optimizer is not None and self.world_size > 1
         model = apply_ddp(model.to(self.device), self.device, self.config.bucket_cap_mb,
                           static_graph=self.config.static_graph,
                           gradient_as_bucket_view=self.config.gradient_as_bucket_view or overlap)

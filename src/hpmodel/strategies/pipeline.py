@@ -232,8 +232,10 @@ class Pipeline(ProcessGroupStrategy):
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self._loss.loss_fn = loss_fn
         self._loss.total = sum(len(batch[-1]) for batch in group)
-        for batch in group:
-            x, y = (t.to(self.device, non_blocking=True) for t in batch[:2])
+        first, last = self.stage_index == 0, self.stage_index == self.num_stages - 1
+        for batch in group:  # only the first stage reads x and only the last reads y
+            x = batch[0].to(self.device, non_blocking=True) if first else batch[0]
+            y = batch[1].to(self.device, non_blocking=True) if last else batch[1]
             for start, stop, count in micro_batch_pieces(len(y), self.config.microbatches):
                 schedule = self._schedule(model, (stop - start) // count, count, train)
                 with context() if context is not None else contextlib.nullcontext():
