@@ -40,7 +40,7 @@ def timed(fn, reps, warm=2):
 
 
 def worker(options, strategy):
-    from hpmodel.bench.pipeline import mlp_blocks  # noqa: E402
+    from hpmodel.bench.pipeline_parallel import mlp_blocks  # noqa: E402
 
     out = options["out"]
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -120,7 +120,7 @@ def worker(options, strategy):
 
 
 def main():
-    from hpmodel.strategies.pipeline import Pipeline
+    from hpmodel.strategies.pipeline_parallel import Pipeline
 
     out = sys.argv[1]
     strategy = Pipeline(devices=2, stages=2, device="cpu" if CPU else "cuda", split_points=[9])

@@ -4,7 +4,8 @@ import pytest
 
 from conftest import run_cli
 from hpmodel.cli import main
-from hpmodel.config import load_config, to_toml, config_from_dict
+from hpmodel.config import config_from_dict, load_config
+from hpmodel.kernel.schema import to_toml
 import tomllib
 
 
@@ -49,7 +50,7 @@ def test_missing_config_file(capsys, tmp_path):
 def test_set_overrides_any_key_and_config_round_trips(example_config):
     cfg = load_config(example_config, ["train.epochs=3", "model.name=mlp", "data.shape=[4, 4]"])
     assert (cfg.train.epochs, cfg.model.name, cfg.data.shape) == (3, "mlp", [4, 4])
-    again = config_from_dict(tomllib.loads(to_toml(cfg)))
+    again = config_from_dict(tomllib.loads(to_toml(cfg.to_dict())))
     assert again == cfg
 
 

@@ -13,7 +13,7 @@ Example::
 
 from hpmodel import data
 from hpmodel.data import AUTOTUNE
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.strategies import available_strategies, get_strategy
 from hpmodel.train import BackupAndRestore, Callback, EarlyStopping, Trainer
 

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-from hpmodel.errors import HpmodelError
-
+from hpmodel.kernel.errors import HpmodelError
 
 
 def command_modules() -> list[str]:
     """Every module of ``hpmodel.commands`` that defines ``add_parser`` is a subcommand."""
-    import pkgutil
-
     import hpmodel.commands as package
 
     return sorted(info.name for info in pkgutil.iter_modules(package.__path__)

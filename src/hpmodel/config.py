@@ -1,7 +1,7 @@
 """The TOML configuration of a run, mapped onto small dataclasses.
 
 ``tomllib`` parses; this module validates: an unknown key, a wrong type or an unknown
-name stops with one :class:`~hpmodel.errors.ConfigError` naming the key and what is
+name stops with one :class:`~hpmodel.kernel.errors.ConfigError` naming the key and what is
 allowed. Each component's own options live in its own dataclass (models, strategies);
 the ``[strategy]`` table is checked against the named strategy's ``Config``.
 
@@ -14,13 +14,15 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
+from hpmodel.kernel.schema import build_dataclass, make_config, read_toml
+from hpmodel.parameter_server.config import NAMES as PARAMETER_SERVER_NAMES
+from hpmodel.parameter_server.config import ParameterServerConfig
+from hpmodel.strategies.registry import available_strategies, registered_names, strategy_class
 
 
 @dataclass
@@ -30,7 +32,7 @@ class DataConfig:
     name: str = "digits"  # digits | synthetic | npz | shards
     path: str = ""  # .npz file for name = "npz"
     shards: str = ""  # glob or fsspec URL of toolkit shards
-    batch_size: int = 64  # per replica, unless strategy.hold_global_batch
+    batch_size: int = 64  # per replica, unless train.hold_global_batch
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     num_examples: int = 4096  # synthetic only
@@ -82,6 +84,7 @@ class TrainConfig:
     offload_activations: bool = False
     inject_kill: list = field(default_factory=list)  # [rank, step]: SIGKILL once (chaos testing)
     progress: bool = True
+    hold_global_batch: bool = False  # true: data.batch_size is the global batch, split over replicas
 
 
 @dataclass
@@ -104,7 +107,62 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
-    strategy: dict = field(default_factory=lambda: {"name": "one-device"})
+    strategy: StrategyChoice = field(default_factory=lambda: strategy_choice({}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tables, as in the TOML file (``[strategy]`` flat: name plus its options)."""
+        tables = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+               for k, v in tables.items()}
+        out["strategy"] = self.strategy.table()
+        return out
+
+
+@dataclass
+class StrategyChoice:
+    """The ``[strategy]`` table: a registered name and that strategy's own typed ``Config``.
+
+    Example::
+
+        choice = strategy_choice({"name": "mirrored", "devices": 2})
+        choice.options.devices  # 2
+    """
+
+    name: str
+    options: Any  # the named strategy's Config dataclass (or the parameter server's)
+
+    @property
+    def is_parameter_server(self) -> bool:
+        return self.name in PARAMETER_SERVER_NAMES
+
+    def table(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
+
+def strategy_names() -> list[str]:
+    """Every name ``strategy.name`` accepts: the registered strategies and the parameter server."""
+    return available_strategies() + [PARAMETER_SERVER_NAMES[0]]
+
+
+def strategy_choice(table: dict[str, Any]) -> StrategyChoice:
+    """Validate a ``[strategy]`` table against the named strategy's ``Config``."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"'strategy' must be a table, not {type(table).__name__}")
+    options = dict(table)
+    name = options.pop("name", "one-device")
+    if not isinstance(name, str):
+        raise ConfigError("strategy.name must be a string")
+    if name in PARAMETER_SERVER_NAMES:
+        return StrategyChoice(name, make_config(ParameterServerConfig, options, name))
+    if name not in strategy_names_with_aliases():
+        raise ConfigError(f"strategy '{name}' is unknown: registered strategies are "
+                          f"{', '.join(strategy_names())}")
+    cls = strategy_class(name)
+    return StrategyChoice(name, make_config(cls.Config, options, cls.names[0]))
+
+
+def strategy_names_with_aliases() -> set[str]:
+    return set(registered_names()) | set(PARAMETER_SERVER_NAMES)
 
 
 CHOICES = {
@@ -121,43 +179,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(read_toml(path, overrides))
 
 
-def read_toml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The parsed TOML document at ``path`` (empty when None) with ``key=value`` overrides applied."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist: give the path of a TOML file")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file '{path}' is not valid TOML: {error}") from None
-    for item in overrides or []:
-        apply_override(raw, item)
-    return raw
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """Set ``raw[a][b] = value`` for ``item = "a.b=value"``; the value is parsed as TOML."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set '{item}' is not KEY=VALUE: write e.g. --set train.epochs=3")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text  # a bare word: treat as a string
-    *parents, leaf = key.strip().split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set '{item}': '{part}' is not a table")
-    node[leaf] = value
-
-
 def config_from_dict(raw: dict) -> RunConfig:
     """Validate a parsed TOML document into a :class:`RunConfig`."""
-    cfg = _build(RunConfig, raw, prefix="")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a table, not {type(raw).__name__}")
+    raw = dict(raw)
+    table = raw.pop("strategy", {})
+    cfg = build_dataclass(RunConfig, raw, prefix="")
+    cfg.strategy = strategy_choice(table)
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -166,9 +195,6 @@ def config_from_dict(raw: dict) -> RunConfig:
         if value not in allowed:
             raise ConfigError(f"{key} = '{value}' is unknown: allowed values are {', '.join(allowed)}")
     _check_ranges(cfg)
-    from hpmodel.strategies import strategy_config  # validates the [strategy] table
-
-    strategy_config(cfg.strategy)
     return cfg
 
 
@@ -191,67 +217,3 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("data.val_fraction must be in [0, 1) and data.test_fraction in (0, 1)")
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"'{prefix.rstrip('.')}' must be a table, not {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown key '{prefix}{unknown[0]}': allowed keys are {', '.join(sorted(fields))}"
-        )
-    values = {}
-    for name, value in raw.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            values[name] = _build(kind, value, prefix=f"{prefix}{name}.")
-        else:
-            values[name] = check_type(f"{prefix}{name}", value, kind)
-    return cls(**values)
-
-
-def check_type(key: str, value: Any, kind: Any) -> Any:
-    """Return ``value`` converted to ``kind`` (int → float allowed), or raise a ConfigError."""
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                list: "a list", dict: "a table"}.get(kind)
-    if expected is None:
-        return value
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not ok:
-        raise ConfigError(f"{key} = {value!r} has the wrong type: it must be {expected}")
-    return value
-
-
-def to_toml(cfg: Any) -> str:
-    """Write a config dataclass back as TOML (scalars, lists and nested tables)."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
-    for section, table in data.items():
-        if isinstance(table, dict):
-            lines += _toml_table(section, table)
-    return "\n".join(lines) + "\n"
-
-
-def _toml_table(name: str, table: dict) -> list[str]:
-    lines = ["", f"[{name}]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for key, sub in table.items():
-        if isinstance(sub, dict):
-            lines += _toml_table(f"{name}.{key}", sub)
-    return lines
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -9,7 +9,7 @@ import pytest
 
 from hpmodel.compress.variants import load_source
 from hpmodel.config import load_config
-from hpmodel.train.run import evaluate_run, train_from_config
+from hpmodel.runs.train import evaluate_run, train_from_config
 
 # width 512: weights dominate the file size, so int8 files can be ~4× smaller
 MLP_OVERRIDES = ['model.name="mlp"', "model.width=512", "model.depth=2", "optimizer.lr=0.001",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hpmodel.compress.distill import distill, freeze, soft_targets
-from hpmodel.compress.distill_report import accuracy, gap_recovered
+from hpmodel.reporting.distill import accuracy, gap_recovered
 from hpmodel.config import DataConfig, ModelConfig
 from hpmodel.datasets import load_splits
 from hpmodel.models import build_model

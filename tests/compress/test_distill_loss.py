@@ -9,7 +9,7 @@ from torch import nn
 
 from hpmodel.compress.distill import (DistillationLoss, Ensemble, distill, distillation_loss,
                                       soft_targets)
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 
 def test_loss_equals_hand_computed_value_with_t_squared():

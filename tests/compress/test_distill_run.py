@@ -8,13 +8,13 @@ import torch
 from conftest import run_cli
 from hpmodel.compress.distill import Ensemble, load_teacher
 from hpmodel.compress.noisy_student import Noise, StochasticDepth, noisy_student, random_shift
-from hpmodel.compress.distill_run import (distill_from_config, load_distill_config,
+from hpmodel.runs.distill import (distill_from_config, load_distill_config,
                                           split_pool)
 from hpmodel.config import ModelConfig, load_config
 from hpmodel.datasets import load_splits
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.models import build_model, count_parameters
-from hpmodel.train.run import train_from_config
+from hpmodel.runs.train import train_from_config
 
 BASE = """seed = 0
 [data]
@@ -69,7 +69,7 @@ def test_multi_teacher_run_writes_report(teachers, tmp_path):
         assert row["parameters"] > 0 and row["latency_ms_batch64"] > 0 and row["file_bytes"] > 0
     assert "gap recovered" in (out / "report.md").read_text()
     # The distilled student is a plain run directory: 'hpmodel evaluate' re-scores it.
-    from hpmodel.train.run import evaluate_run
+    from hpmodel.runs.train import evaluate_run
     assert evaluate_run(out)["test_accuracy"] == pytest.approx(written["test_accuracy"], abs=1e-9)
 
 

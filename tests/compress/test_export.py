@@ -5,7 +5,7 @@ import torch
 
 from hpmodel.compress.export import OnnxModel, export_onnx
 from hpmodel.config import ModelConfig
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.models import build_model
 
 

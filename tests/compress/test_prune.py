@@ -10,8 +10,8 @@ from hpmodel.compress import prune
 from hpmodel.compress.variants import CompressOptions, build_variant
 from hpmodel.config import ModelConfig
 from hpmodel.models import build_model, count_parameters
-from hpmodel.train.run import evaluate_run
-from hpmodel.train.run_dir import load_weights
+from hpmodel.runs.train import evaluate_run
+from hpmodel.kernel.files import load_weights
 
 
 def test_polynomial_decay_matches_the_formula():

@@ -8,7 +8,7 @@ import torch
 from compress_fixtures import fp32, source, train_mlp  # noqa: F401 (fixtures)
 from hpmodel.compress import quantize
 from hpmodel.compress.variants import CompressOptions, build_variant, load_variant
-from hpmodel.train.run import evaluate_run
+from hpmodel.runs.train import evaluate_run
 
 
 @pytest.mark.parametrize("mode", ["dynamic-int8", "static-int8"])
@@ -47,7 +47,7 @@ def test_onnx_float16_file_is_half_size(source, tmp_path):
 
 
 def test_wrong_input_shape_is_a_clear_error(source, tmp_path):
-    from hpmodel.errors import HpmodelError
+    from hpmodel.kernel.errors import HpmodelError
 
     for mode in ("dynamic-int8", "bf16"):
         predict, _ = load_variant(build_variant(source, mode, tmp_path))
@@ -56,7 +56,7 @@ def test_wrong_input_shape_is_a_clear_error(source, tmp_path):
 
 
 def test_fp8_needs_a_gpu_on_cpu_machines(source):
-    from hpmodel.errors import HpmodelError
+    from hpmodel.kernel.errors import HpmodelError
 
     if quantize.fp8_supported():
         pytest.skip("this machine has fp8 tensor cores")

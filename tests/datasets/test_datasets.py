@@ -4,7 +4,7 @@ import torch
 
 from hpmodel.config import DataConfig
 from hpmodel.datasets import load_splits
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 
 
 def test_digits_split_is_deterministic_and_disjoint():

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from hpmodel.config import ModelConfig
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 from hpmodel.models import build_model
 
 

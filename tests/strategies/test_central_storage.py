@@ -3,14 +3,14 @@
 import pytest
 
 import hpmodel as hm
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 from parity_helpers import adamw, assert_matches_one_device, one_device, train
 
 
 def test_central_storage_two_processes_match_one_device():
     # hold_global_batch: batch_size 64 is the global batch, split 2 × 32 by the strategy.
-    strategy = hm.get_strategy("central-storage", devices=2, hold_global_batch=True)
-    result = train(strategy, replicas=1, optimizer=adamw, clip_grad_norm=1.0)
+    strategy = hm.get_strategy("central-storage", devices=2)
+    result = train(strategy, replicas=1, optimizer=adamw, clip_grad_norm=1.0, hold_global_batch=True)
     assert_matches_one_device(result, one_device(adamw, clip_grad_norm=1.0))
 
 

@@ -5,7 +5,7 @@ import torch
 import hpmodel as hm
 from hpmodel.config import DataConfig
 from hpmodel.datasets import load_splits
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from torch import nn
 
 import pytest

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, hpmodel_env, run_cli
 from hpmodel.strategies.launch import free_port
-from hpmodel.train.run_dir import load_weights
+from hpmodel.kernel.files import load_weights
 from parity_helpers import relative_difference
 
 COMMON = ["examples/digits.toml", "--set", "train.epochs=1", "--set", "train.max_steps=5",

@@ -15,10 +15,10 @@ import pytest
 
 from hpmodel.config import DataConfig, load_config
 from hpmodel.datasets import load_splits
-from hpmodel.strategies.parameter_server.cluster import free_port
-from hpmodel.strategies.parameter_server.training import place_variables, plan_steps
-from hpmodel.train.run import train_from_config
-from hpmodel.train.run_dir import load_weights
+from hpmodel.parameter_server.cluster import free_port
+from hpmodel.runs.parameter_server import place_variables, plan_steps
+from hpmodel.runs.train import train_from_config
+from hpmodel.kernel.files import load_weights
 
 from conftest import ROOT, hpmodel_env, run_cli
 
@@ -176,7 +176,7 @@ def make_server(backup_dir: Path, mode: str = "async"):
     import torch
 
     from hpmodel.config import OptimizerConfig
-    from hpmodel.strategies.parameter_server.server import ServerSpec, ShardServer
+    from hpmodel.parameter_server.server import ServerSpec, ShardServer
     from hpmodel.train.optim import optimizer_factory
 
     torch.manual_seed(0)

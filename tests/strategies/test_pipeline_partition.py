@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.strategies.partition import (balance, bounds_from_split_points, describe_plan,
                                           profile_blocks, stage_costs)
 

@@ -3,7 +3,7 @@
 import pytest
 
 import hpmodel as hm
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from parity_helpers import assert_matches_one_device, one_device, train
 
 

@@ -7,7 +7,7 @@ from torch import nn
 import hpmodel as hm
 from hpmodel.config import DataConfig
 from hpmodel.datasets import load_splits
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.train.backup import BackupAndRestore
 from hpmodel.train.backup_format import find_backup, step_folders
 from hpmodel.train.callbacks import Callback

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import hpmodel as hm
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.train.memory import (SavedTensorMeter, apply_recompute, offload_activations,
                                   parse_recompute, recompute_transform)
 

@@ -15,12 +15,14 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+import hpmodel.bench as package
+import json
+import shlex
+from hpmodel.reporting import Report
 
 
 def available_benchmarks() -> list[str]:
-    import hpmodel.bench as package
-
     return sorted(info.name for info in pkgutil.iter_modules(package.__path__)
                   if info.name not in ("common",) and not info.name.startswith("_"))
 
@@ -43,10 +45,7 @@ def run_benchmark(name: str, out_dir: Path, quick: bool = False, **options: Any)
 
 def write_bench_report(out_dir: Path, name: str, result: dict, quick: bool, options: dict) -> Path:
     """``report.md`` / ``report.html`` beside the benchmark's JSON: its table and its plot."""
-    import json
-    import shlex
 
-    from hpmodel.reporting import Report
 
     report = Report(f"hpmodel bench {name}")
     command = ["hpmodel", "bench", name, "--out", str(out_dir)] + (["--quick"] if quick else [])

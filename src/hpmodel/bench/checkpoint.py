@@ -30,6 +30,7 @@ from torch import nn
 from hpmodel.bench.common import write_results
 from hpmodel.train.backup import BackupAndRestore
 from hpmodel.train.callbacks import Callback
+import hpmodel as hm
 
 
 class TorchSave(Callback):
@@ -55,7 +56,6 @@ def build_mlp(width: int, depth: int) -> nn.Module:
 def measure(mode: str, width: int, depth: int, steps: int, every_steps: int, batch_size: int,
             folder: Path) -> dict[str, Any]:
     """Train ``steps`` steps with backups done the ``mode`` way; mean step time and saves."""
-    import hpmodel as hm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shutil.rmtree(folder, ignore_errors=True)

@@ -34,9 +34,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpmodel.bench.common import timed, write_results
+from hpmodel.bench.common import write_results
+from hpmodel.kernel.timing import timed
 from hpmodel.config import ModelConfig, load_config
 from hpmodel.models import build_model, count_parameters
+from hpmodel.compress.variants import (CompressOptions, build_variant, evaluate_variant, fine_tune, load_source)
+import copy
+from hpmodel.runs.train import train_from_config
+from hpmodel.compress.measure import file_sizes
+import shutil
+from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights
+from hpmodel.compress import export, prune, quantize
 
 
 def relu_mlp(input_shape, num_classes: int, width: int = 64, depth: int = 2) -> nn.Sequential:
@@ -56,8 +64,6 @@ def _ms(fn, repeats: int) -> float:
 
 # -- 1. CPU latency ------------------------------------------------------------------------
 def cpu_latency_rows(work: Path, quick: bool, threads: int, repeats: int) -> list[dict[str, Any]]:
-    from hpmodel.compress import export, quantize
-
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     model = build_model(ModelConfig(name="mlp", width=1024, depth=3), (256,), 10).eval()
@@ -90,7 +96,6 @@ def cpu_latency_rows(work: Path, quick: bool, threads: int, repeats: int) -> lis
 def _torchao_int8_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     """torchao's Int8DynamicActivationInt8WeightConfig (eager; torch.compile measured slower
     to build and no faster on CPU without Triton, see docs/compression.md)."""
-    import copy
 
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -102,8 +107,6 @@ def _torchao_int8_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 # -- 2. gzip size of a sparse model --------------------------------------------------------
 def _train(out: Path, overrides: list[str], epochs: int) -> Path:
-    from hpmodel.train.run import train_from_config
-
     base = ["train.progress=false", 'strategy.name="one-device"', 'strategy.device="cpu"',
             "data.batch_size=32", f"train.epochs={epochs}"]
     train_from_config(load_config(None, base + overrides), out)
@@ -111,9 +114,6 @@ def _train(out: Path, overrides: list[str], epochs: int) -> Path:
 
 
 def sparse_size_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
-    from hpmodel.compress.report import file_sizes
-    from hpmodel.compress.variants import CompressOptions, build_variant, evaluate_variant, load_source
-
     run = _train(work / "digits-mlp", ['model.name="mlp"', "model.width=512", "model.depth=2",
                                        "optimizer.lr=0.001"], epochs=4 if quick else 10)
     source = load_source(run)
@@ -144,12 +144,6 @@ def add_outliers(weights: dict[str, torch.Tensor], scale: float, units: int = 2)
 
 
 def qat_rows(work: Path, quick: bool, scale: float) -> list[dict[str, Any]]:
-    import shutil
-
-    from hpmodel.compress.variants import (CompressOptions, build_variant, evaluate_variant,
-                                           fine_tune, load_source)
-    from hpmodel.train.run_dir import load_weights, save_weights
-
     run = _train(work / "relu-mlp", ['model.target="hpmodel.bench.compress:relu_mlp"',
                                      "model.options={width=64, depth=2}", "optimizer.lr=0.003"],
                  epochs=12)
@@ -189,8 +183,6 @@ GPU_SHAPES = [(64, 8192, 8192), (4096, 4096, 4096), (8192, 8192, 8192), (16384, 
 
 
 def gpu_rows(quick: bool, repeats: int) -> list[dict[str, Any]]:
-    from hpmodel.compress import prune, quantize
-
     rows = []
     shapes = GPU_SHAPES[:2] if quick else GPU_SHAPES
     for m, k, n in shapes:
@@ -245,7 +237,6 @@ CASE_PACKAGES = {"cpu-latency": ("onnx", "onnxruntime"), "sparse-size": ("onnx",
 
 def _cannot_run(case: str) -> str:
     """Why ``case`` cannot run here ('' when it can)."""
-    import importlib.util
 
     if case == "gpu-matmul" and not torch.cuda.is_available():
         return "no CUDA device"
@@ -281,8 +272,6 @@ def _plot(axes, rows) -> None:
 
 
 def _write_markdown(out_dir: Path, rows, skipped) -> None:
-    from hpmodel.train.run_dir import atomic_write_bytes
-
     lines = ["# hpmodel bench compress", ""]
     for case in dict.fromkeys(r["case"] for r in rows):
         chosen = [r for r in rows if r["case"] == case]

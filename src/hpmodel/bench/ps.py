@@ -28,6 +28,13 @@ from typing import Any
 
 from hpmodel.bench.common import write_results
 from hpmodel.train.callbacks import Callback
+from hpmodel.config import load_config
+from hpmodel.datasets import load_splits
+from hpmodel.strategies import get_strategy
+from hpmodel.runs.parameter_server import evaluate
+from hpmodel.train.optim import optimizer_factory
+from hpmodel.runs.common import ModelFactory, build_trainer
+import shutil
 
 
 class Straggler(Callback):
@@ -46,8 +53,6 @@ class Straggler(Callback):
 
 
 def bench_config(quick: bool, workers: int):
-    from hpmodel.config import load_config
-
     overrides = ["data.name=digits", "data.batch_size=32", "model.name=mlp", "model.width=256",
                  "model.depth=2", "optimizer.name=adamw", "optimizer.lr=0.002",
                  f"train.epochs={3 if quick else 10}", "train.progress=false", "train.log_every_steps=20"]
@@ -56,11 +61,6 @@ def bench_config(quick: bool, workers: int):
 
 def run_mirrored(cfg, workers: int, slowdown: float) -> dict[str, Any]:
     """Synchronous DDP with the last rank as the straggler, through the Trainer."""
-    from hpmodel.datasets import load_splits
-    from hpmodel.strategies import get_strategy
-    from hpmodel.strategies.parameter_server.training import evaluate
-    from hpmodel.train.optim import optimizer_factory
-    from hpmodel.train.run import ModelFactory, build_trainer
 
     splits = load_splits(cfg.data, cfg.seed)
     strategy = get_strategy("mirrored", devices=workers, device="cpu")
@@ -74,14 +74,11 @@ def run_mirrored(cfg, workers: int, slowdown: float) -> dict[str, Any]:
 
 
 def run_ps(cfg, out_dir: Path, mode: str, workers: int, slowdown: float) -> dict[str, Any]:
-    from hpmodel.strategies import get_strategy
-
     slow = [1.0] * (workers - 1) + [slowdown]
     strategy = get_strategy("parameter-server", workers=workers, servers=1, mode=mode,
                             worker_slowdown=slow, staleness_bound=2)
     run_dir = out_dir / f"ps-{mode}"
     if (run_dir / "ps-backup").exists():  # a fresh run, not a resume of the last one
-        import shutil
 
         shutil.rmtree(run_dir / "ps-backup")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,10 @@ import torch
 
 from hpmodel.bench._scaling_workers import Workload, plain_ddp_worker, strategy_worker
 from hpmodel.bench.common import write_results
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+from hpmodel.strategies import get_strategy
+from hpmodel.strategies.launch import LaunchSpec, launch
+from hpmodel.strategies.process_group import run_in_worker
 
 # name → (strategy name, strategy options); "plain-ddp" is the hand-written reference.
 STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -74,9 +77,6 @@ def device_counts(largest: int) -> list[int]:
 def measure(name: str, workload: Workload, devices: int, device_type: str,
             extra_options: dict | None = None) -> float:
     """Examples/second of one configuration, in its own launch."""
-    from hpmodel.strategies import get_strategy
-    from hpmodel.strategies.launch import LaunchSpec, launch
-    from hpmodel.strategies.process_group import run_in_worker
 
     strategy_name, options = STRATEGIES[name]
     # CPU runs fork (no re-import of torch: quick stays quick); CUDA needs fresh processes.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_parser(sub) -> None:
     from hpmodel.bench import available_benchmarks
@@ -17,10 +19,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from hpmodel.bench import run_benchmark
-    from hpmodel.config import apply_override
+    from hpmodel.kernel.schema import apply_override
 
     options: dict = {}
     for item in args.options:

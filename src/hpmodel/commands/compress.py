@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from hpmodel.compress.variants import CompressOptions
-    from hpmodel.compress.pipeline import compress_run
+    from hpmodel.runs.compress import compress_run
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     options = CompressOptions(modes=modes, sparsity=args.sparsity,

@@ -18,6 +18,6 @@ def run_write(args) -> int:
     try:
         return data_write_main(args)
     except (FileNotFoundError, ValueError) as error:
-        from hpmodel.errors import HpmodelError
+        from hpmodel.kernel.errors import HpmodelError
 
         raise HpmodelError(str(error)) from None

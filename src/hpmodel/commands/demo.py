@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from hpmodel.demo import run_demo
+    from hpmodel.runs.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick)
     return 0

@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from hpmodel.compress.distill_run import distill_from_config, load_distill_config
-    from hpmodel.compress.distill_report import markdown_table
+    from hpmodel.runs.distill import distill_from_config, load_distill_config
+    from hpmodel.reporting.distill import markdown_table
 
     cfg, dcfg = load_distill_config(args.config, overrides_from_args(args))
     summary = distill_from_config(cfg, dcfg, args.teacher, args.out)

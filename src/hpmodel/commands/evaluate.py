@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("evaluate", help="re-score a trained run on its test split")
@@ -11,10 +13,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
-    from hpmodel.report import print_summary
-    from hpmodel.train.run import evaluate_run
+    from hpmodel.reporting.console import print_summary
+    from hpmodel.runs.train import evaluate_run
 
     scores = evaluate_run(args.run_dir, args.split)
     print_summary(scores, title=f"hpmodel evaluate {args.run_dir}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 from hpmodel.commands.common import add_config_arguments, overrides_from_args
 
 
@@ -15,12 +18,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from hpmodel.config import load_config
-    from hpmodel.report import print_summary
-    import shlex
-    import sys
-
+    from hpmodel.reporting.console import print_summary
     from hpmodel.reporting.train_report import write_train_report
-    from hpmodel.train.run import train_from_config
+    from hpmodel.runs.train import train_from_config
 
     cfg = load_config(args.config, overrides_from_args(args))
     summary = train_from_config(cfg, args.out)

@@ -33,7 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+from hpmodel.config import load_config
+from hpmodel.datasets import load_splits
+from hpmodel.models import build_model
+from hpmodel.kernel.files import load_weights
+from hpmodel.train.trainer import Trainer
 
 
 def distillation_loss(student_logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
@@ -171,10 +176,6 @@ def load_teacher(run_dir: str | Path):
 
         teacher, teacher_cfg = load_teacher("runs/teacher")
     """
-    from hpmodel.config import load_config
-    from hpmodel.datasets import load_splits
-    from hpmodel.models import build_model
-    from hpmodel.train.run_dir import load_weights
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
@@ -205,7 +206,6 @@ def distill(teachers: Sequence[nn.Module], student, data, *, temperature: float 
         result = distill([teacher], lambda: build_model(cfg, (1, 8, 8), 10), (x, y),
                          temperature=4, alpha=0.9, epochs=5)
     """
-    from hpmodel.train.trainer import Trainer
 
     if not teachers:
         raise HpmodelError("distill needs at least one teacher")

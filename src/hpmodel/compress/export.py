@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 OPSET = 17

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpmodel.compress.distill import DistillationLoss, freeze, soft_targets
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+from hpmodel.train.trainer import Trainer
 
 RESIDUAL_BLOCKS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
@@ -152,7 +153,6 @@ def noisy_student(teacher: nn.Module, student: Callable[[], nn.Module], labeled,
 
     Labeled examples carry their one-hot label as target, pseudo-labeled ones the teacher's.
     """
-    from hpmodel.train.trainer import Trainer
 
     if rounds < 1:
         raise HpmodelError(f"distill.rounds = {rounds} must be at least 1")

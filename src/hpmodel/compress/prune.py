@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.train.callbacks import Callback
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)

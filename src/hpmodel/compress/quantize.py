@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from hpmodel.compress.export import INPUT_NAME
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 
 @contextlib.contextmanager

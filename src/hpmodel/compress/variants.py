@@ -29,8 +29,15 @@ import torch
 from torch import nn
 
 from hpmodel.compress import export, prune, quantize
-from hpmodel.errors import HpmodelError
-from hpmodel.train.run_dir import load_weights, read_json, save_weights, write_json
+from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.files import load_weights, read_json, save_weights, write_json
+from hpmodel.datasets import load_splits
+from hpmodel.models import build_model
+from hpmodel.strategies import get_strategy
+from hpmodel.config import ScheduleConfig, load_config
+from hpmodel.train.optim import optimizer_factory, schedule_factory
+from hpmodel.train.trainer import Trainer
+import importlib.util
 
 CPU_MODES = ("fp32", "dynamic-int8", "static-int8", "float16", "bf16", "qat", "prune", "prune-int8",
              "structured")
@@ -73,9 +80,6 @@ class SourceRun:
 
 def load_source(run_dir: str | Path) -> SourceRun:
     """Load ``config.toml`` + ``model.safetensors`` of a run directory (clear errors when broken)."""
-    from hpmodel.config import load_config
-    from hpmodel.datasets import load_splits
-    from hpmodel.models import build_model
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.toml")
@@ -101,10 +105,6 @@ def _load_into(model: nn.Module, weights: dict, where: Path) -> None:
 def fine_tune(source: SourceRun, model: nn.Module, options: CompressOptions, *,
               callbacks=(), model_transform: Callable | None = None) -> nn.Module:
     """A few epochs of the run's optimizer at a lower learning rate (QAT and pruning)."""
-    from hpmodel.strategies import get_strategy
-    from hpmodel.config import ScheduleConfig
-    from hpmodel.train.optim import optimizer_factory, schedule_factory
-    from hpmodel.train.trainer import Trainer
 
     optimizer_cfg = copy.deepcopy(source.cfg.optimizer)
     optimizer_cfg.lr *= options.fine_tune_lr_scale
@@ -143,14 +143,12 @@ def missing_packages(mode: str) -> list[str]:
 
         missing_packages("qat")   # [] where torchao, onnx and onnxruntime are installed
     """
-    import importlib.util
 
     return [name for name in REQUIREMENTS.get(mode, ()) if importlib.util.find_spec(name) is None]
 
 
 def _export_if_possible(source, model, folder) -> None:
     """The ONNX copy of a PyTorch variant, for ORT latency; skipped where ``onnx`` is missing."""
-    import importlib.util
 
     if importlib.util.find_spec("onnx") is not None:
         export.export_onnx(model, source.splits.input_shape, folder / "model.onnx")
@@ -306,9 +304,6 @@ def load_variant(folder: str | Path, device: str = "cpu", threads: int = 0):
 
 def load_torch_variant(folder: Path, info: dict, device: str = "cpu") -> nn.Module:
     """The variant's PyTorch module (shrunk layers, dtype and fp8 / 2:4 re-applied)."""
-    from hpmodel.config import load_config
-    from hpmodel.datasets import load_splits
-    from hpmodel.models import build_model
 
     cfg = load_config(folder / "config.toml")
     splits = load_splits(cfg.data, cfg.seed)
@@ -353,8 +348,6 @@ def evaluate_variant(folder: str | Path, split: str = "test") -> dict[str, Any]:
 
         evaluate_variant("runs/compressed/dynamic-int8")["test_accuracy"]
     """
-    from hpmodel.config import load_config
-    from hpmodel.datasets import load_splits
 
     folder = Path(folder)
     cfg = load_config(folder / "config.toml")

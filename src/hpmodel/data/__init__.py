@@ -18,9 +18,9 @@ Example::
 """
 
 from .core import AUTOTUNE, INFINITE, UNKNOWN, CorruptRecordError
-from .interleave import from_shards, list_shards
+from .constructors import from_dataset, from_shards, from_tensors
+from .interleave import list_shards
 from .pipeline import Pipeline
-from .sources import from_dataset, from_tensors
 from .records import decode_element, encode_element
 from .shards import ShardWriter, read_index, read_shard, read_tar
 from .writer import build_write_parser, data_write_main, write_shards

@@ -18,9 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
 
-from .core import AUTOTUNE, UNKNOWN, Context, Node, check_positive, drain
-from .shards import count_records, fetch_blocks, is_tar, parse_blocks
-from .sources import IndexSource
+from .core import AUTOTUNE, UNKNOWN, Context, Node, drain
 
 clock = time.perf_counter
 _END = object()
@@ -296,34 +294,6 @@ class InterleaveNode(Node):
         return UNKNOWN if any(s is None for s in sizes) else sum(sizes)
 
 
-def interleave_pipeline(pipe, fn, cycle_length, block_length, num_parallel_calls,
-                        deterministic):
-    """``pipe.interleave(...)``: configure shard reading, or interleave ``fn`` outputs.
-
-    Example::
-
-        interleave_pipeline(pipe, None, 4, 1, AUTOTUNE, True)
-    """
-    from .pipeline import Pipeline
-
-    check_positive("cycle_length", cycle_length)
-    check_positive("block_length", block_length)
-    if num_parallel_calls is not None:
-        check_positive("num_parallel_calls", num_parallel_calls, allow_autotune=True)
-    node = pipe._node
-    if fn is None:
-        if not (isinstance(node, InterleaveNode) and node.opener is not None):
-            raise ValueError("interleave() without a function only configures reading of a "
-                             "from_shards pipeline: call it right after from_shards, or pass "
-                             "fn returning an iterable per element")
-        new = node.clone(node.upstream)
-        new.cycle_length, new.block_length = cycle_length, block_length
-        new.num_parallel_calls, new.deterministic = num_parallel_calls, deterministic
-        return Pipeline(new, pipe._cpu_budget)
-    return Pipeline(InterleaveNode(node, fn, cycle_length, block_length, num_parallel_calls,
-                                   deterministic), pipe._cpu_budget)
-
-
 def list_shards(source: Any) -> list[str]:
     """Shard URLs from a glob, a directory, a single file, or a list (kept in order).
 
@@ -351,46 +321,3 @@ def list_shards(source: Any) -> list[str]:
     if "://" not in source:
         return found
     return [fs.unstrip_protocol(p) for p in found]
-
-
-class _ShardFinisher:
-    """Consumer-side half of shard reading: parse fetched blocks into elements."""
-
-    def __init__(self, ignore_errors: bool):
-        self.ignore_errors = ignore_errors
-
-    def __call__(self, url: str, raw: Iterable, start: int, on_skip) -> Iterator:
-        return parse_blocks(raw, url, self.ignore_errors, on_skip, start)
-
-
-def _shard_size(url: str) -> int | None:
-    return None if is_tar(url) else count_records(url)
-
-
-def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool = False,
-                seed: int | None = None):
-    """Records of shards (hpmodel ``.shard`` or WebDataset ``.tar``), read through fsspec.
-
-    ``source`` is a glob, a directory, a list, or an fsspec URL (``s3://b/train-*.shard``).
-    Shards are read one after another; chain ``.interleave(cycle_length=...,
-    num_parallel_calls=AUTOTUNE)`` to read several at once. ``shuffle_shards`` visits
-    the files in a seeded order per epoch. With ``ignore_errors`` corrupt records are
-    skipped and counted in ``stats()["skipped_records"]``.
-
-    Example::
-
-        pipe = (from_shards("memory://train/*.shard")
-                .interleave(cycle_length=4, num_parallel_calls=AUTOTUNE)
-                .shuffle(10_000, seed=0).batch(128))
-    """
-    from .core import random_seed
-    from .pipeline import Pipeline
-
-    urls = list_shards(source)
-    files = IndexSource(urls.__getitem__, len(urls), "shard-files")
-    if shuffle_shards:
-        files.shuffle_seed = random_seed() if seed is None else int(seed)
-    node = InterleaveNode(files, None, cycle_length=1, block_length=1,
-                          num_parallel_calls=None, deterministic=True, opener=fetch_blocks,
-                          finisher=_ShardFinisher(ignore_errors), sizer=_shard_size)
-    return Pipeline(node)

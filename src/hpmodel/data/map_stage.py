@@ -10,15 +10,14 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 
 from .core import AUTOTUNE, Context, Node
-from .parallel import ApplyEach, Tuner, parallel_map
+from .parallel import ApplyCollate, ApplyEach, Tuner, parallel_map
+from .workers import ProcessRunner
 from .sources import IndexSource
 
-if TYPE_CHECKING:  # a batch stage fused after this map (stages.py imports this module)
-    from .stages import BatchNode
 
 clock = time.perf_counter
 
@@ -77,10 +76,8 @@ class MapNode(Node):
         return parallel_map(inputs, fn, workers, tuner, self.deterministic, stage,
                             processes=self.use_processes, chunk_size=chunk, runner=runner)
 
-    def iterate_batched(self, ctx: Context, skip: int, batch: "BatchNode") -> Iterator:
+    def iterate_batched(self, ctx: Context, skip: int, batch: Node) -> Iterator:
         """Fused ``map().batch()`` for process workers: each worker maps and collates."""
-        from .parallel import ApplyCollate
-
         inputs, fn = self._inputs(ctx, skip)
         stage = self.stage(ctx)
         workers = ctx.cpu_share if self.num_parallel_calls == AUTOTUNE else self.num_parallel_calls
@@ -99,8 +96,6 @@ class MapNode(Node):
         They are forked once, at the first epoch, and stopped when this stage is
         garbage-collected or the program exits (they are daemon processes).
         """
-        from .workers import ProcessRunner
-
         cached = self.__dict__.get("_workers")
         if cached is not None and cached.key == key and cached.claim():
             return cached

@@ -19,6 +19,8 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
+from .workers import ProcessRunner
+
 clock = time.perf_counter
 
 
@@ -123,8 +125,6 @@ def parallel_map(inputs: Iterator, fn: Callable, workers: int, tuner: Tuner | No
     if runner is not None:
         runner = runner()
     elif processes:
-        from .workers import ProcessRunner
-
         runner = ProcessRunner(chunk_fn, workers)
     else:
         runner = _ThreadRunner(chunk_fn, workers, stage)

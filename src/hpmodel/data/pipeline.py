@@ -20,7 +20,9 @@ from .core import AUTOTUNE, Context, Node, Stats, check_positive, random_seed
 from .cache import FileCacheNode, MemoryCacheNode
 from .position import position_state, rebuild, restored_chain
 from .prefetch import DeviceNode, PrefetchNode
-from .sources import IndexSource, from_dataset, from_tensors  # noqa: F401 - re-exported
+from .interleave import InterleaveNode
+from .sharding import shard_pipeline
+from .sources import IndexSource
 
 clock = time.perf_counter
 
@@ -100,10 +102,22 @@ class Pipeline:
             pipe = from_shards("data/*.shard").interleave(cycle_length=4,
                                                           num_parallel_calls=AUTOTUNE)
         """
-        from .interleave import interleave_pipeline
-
-        return interleave_pipeline(self, fn, cycle_length, block_length,
-                                   num_parallel_calls, deterministic)
+        check_positive("cycle_length", cycle_length)
+        check_positive("block_length", block_length)
+        if num_parallel_calls is not None:
+            check_positive("num_parallel_calls", num_parallel_calls, allow_autotune=True)
+        node = self._node
+        if fn is not None:
+            return self._then(InterleaveNode(node, fn, cycle_length, block_length,
+                                             num_parallel_calls, deterministic))
+        if not (isinstance(node, InterleaveNode) and node.opener is not None):
+            raise ValueError("interleave() without a function only configures reading of a "
+                             "from_shards pipeline: call it right after from_shards, or pass "
+                             "fn returning an iterable per element")
+        new = node.clone(node.upstream)
+        new.cycle_length, new.block_length = cycle_length, block_length
+        new.num_parallel_calls, new.deterministic = num_parallel_calls, deterministic
+        return self._then(new)
 
     def cache(self, filename: str | None = None) -> "Pipeline":
         """Keep the elements of the first complete epoch, in memory or in ``filename``.
@@ -242,8 +256,6 @@ class Pipeline:
 
             local = pipe.shard(world_size, rank, mode="batch")
         """
-        from .sharding import shard_pipeline
-
         check_positive("num_shards", num_shards)
         if not isinstance(index, int) or not 0 <= index < num_shards:
             raise ValueError(f"shard index must be in [0, {num_shards}), got {index!r}: "

@@ -10,15 +10,12 @@ wraps a stream (an iterable torch ``Dataset``, a generator factory); skipping re
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from .core import UNKNOWN, Context, Node, drain, seeded_rng, timed_iter
-
-if TYPE_CHECKING:  # pipeline.py imports this module
-    from .pipeline import Pipeline
 
 
 def select_shard(n: int, num_shards: int, index: int, block: int | None) -> np.ndarray:
@@ -186,63 +183,3 @@ def _as_tensor(t: Any, what: str) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"from_tensors could not convert {what} to a tensor ({err}): "
                          "pass tensors, numpy arrays or nested lists of numbers") from None
-
-
-def from_tensors(tensors: Any) -> Pipeline:
-    """Slice tensors along their first dimension, like ``from_tensor_slices``.
-
-    A tuple gives tuple elements, a dict dict elements, a single tensor tensor elements.
-
-    Example::
-
-        pipe = from_tensors((torch.randn(100, 8), torch.arange(100)))
-        x0, y0 = next(iter(pipe))
-    """
-    if isinstance(tensors, dict):
-        keys = list(tensors)
-        values = tuple(_as_tensor(tensors[k], repr(k)) for k in keys)
-        getter = TensorSlicer(values, keys=tuple(keys))
-    elif isinstance(tensors, (tuple, list)):
-        values = tuple(_as_tensor(t, f"item {i}") for i, t in enumerate(tensors))
-        getter = TensorSlicer(values)
-    else:
-        values = (_as_tensor(tensors, "the input"),)
-        getter = TensorSlicer(values, single=True)
-    if not values or any(v.dim() == 0 for v in values):
-        raise ValueError("from_tensors needs tensors with a first dimension to slice: "
-                         "pass e.g. (x, y) with x.shape[0] == y.shape[0]")
-    lengths = {int(v.shape[0]) for v in values}
-    if len(lengths) != 1:
-        raise ValueError(f"from_tensors got first dimensions {sorted(lengths)}: "
-                         "all tensors must have the same number of rows")
-    from .pipeline import Pipeline
-
-    return Pipeline(IndexSource(getter, lengths.pop(), "tensors"))
-
-
-def from_dataset(dataset: Any) -> Pipeline:
-    """Wrap a map-style torch ``Dataset`` (indexable), an iterable, or a function returning one.
-
-    Example::
-
-        pipe = from_dataset(torchvision_dataset).map(to_tensor, num_parallel_calls=4)
-        stream = from_dataset(lambda: read_lines("log.txt"))
-    """
-    from torch.utils.data import IterableDataset
-
-    from .pipeline import Pipeline
-
-    if callable(dataset) and not hasattr(dataset, "__iter__") \
-            and not hasattr(dataset, "__getitem__"):
-        return Pipeline(IterableSource(dataset, type(dataset).__name__))
-    if (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
-            and not isinstance(dataset, IterableDataset)):
-        return Pipeline(IndexSource(dataset.__getitem__, len(dataset), type(dataset).__name__))
-    if iter(dataset) is dataset if hasattr(dataset, "__iter__") else False:
-        raise ValueError("from_dataset got a one-shot iterator that cannot be re-read each "
-                         "epoch: pass an iterable or a function returning a fresh iterator")
-    if hasattr(dataset, "__iter__"):
-        length = len(dataset) if hasattr(dataset, "__len__") else -2
-        return Pipeline(IterableSource(_Returns(dataset), type(dataset).__name__, length))
-    raise ValueError(f"from_dataset cannot read a {type(dataset).__name__}: pass a torch "
-                     "Dataset, an iterable, or a function returning an iterator")

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
+from sklearn.datasets import load_digits
+from hpmodel.data import from_shards
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -27,7 +29,6 @@ def load_arrays(config, seed: int) -> dict[str, torch.Tensor]:
 
 def digits_arrays(config, seed: int) -> dict[str, torch.Tensor]:
     """scikit-learn's 1,797 8×8 digit images, scaled to [0, 1], shape (N, 1, 8, 8)."""
-    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
@@ -69,7 +70,6 @@ def shard_arrays(config, seed: int) -> dict[str, torch.Tensor]:
     """Read every record of ``data.shards`` (written by ``hpmodel data write``) into memory."""
     if not config.shards:
         raise ConfigError("data.name = 'shards' needs data.shards: a glob or URL of shard files")
-    from hpmodel.data import from_shards
 
     xs, ys = [], []
     for x, y in from_shards(config.shards):

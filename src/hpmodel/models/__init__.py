@@ -16,7 +16,7 @@ import importlib
 
 from torch import nn
 
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 from hpmodel.models.convnets import cnn, cnn1d
 from hpmodel.models.mlp import mlp
 from hpmodel.models.transformer import transformer

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hpmodel.models.layers import Reshape
+from hpmodel.kernel.errors import ConfigError
 
 
 class TokenEmbedding(nn.Module):
@@ -50,8 +51,6 @@ def sequence_shape(input_shape: tuple[int, ...]) -> tuple[int, int]:
 def transformer(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """Embedding → depth × TransformerEncoderLayer (pre-norm) → mean-pool head."""
     if config.width % config.heads:
-        from hpmodel.errors import ConfigError
-
         raise ConfigError(f"model.width = {config.width} must be divisible by model.heads = "
                           f"{config.heads}")
     length, features = sequence_shape(tuple(input_shape))

@@ -8,8 +8,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from hpmodel.report import format_value
-from hpmodel.train.run_dir import atomic_write_bytes
+from hpmodel.reporting.console import format_value
+from hpmodel.kernel.files import atomic_write_bytes
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the Agg backend
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -29,7 +23,6 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path, title: 
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not steps and not epochs:
         return None
-    plt = _pyplot()
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     if steps:
         loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (window)",

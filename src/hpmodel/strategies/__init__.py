@@ -14,14 +14,13 @@ from hpmodel.strategies.central_storage import CentralStorage
 from hpmodel.strategies.mirrored import Mirrored
 from hpmodel.strategies.multi_worker import MultiWorker
 from hpmodel.strategies.one_device import OneDevice
-from hpmodel.strategies.parameter_server import ParameterServer
-from hpmodel.strategies.pipeline import Pipeline
+from hpmodel.strategies.pipeline_parallel import PipelineParallel
 from hpmodel.strategies.process_group import ProcessGroupStrategy
 from hpmodel.strategies.sharded import Sharded
 from hpmodel.strategies.registry import (available_strategies, get_strategy, register,
-                                         strategy_class, strategy_config)
+                                         registered_names, strategy_class)
 
-__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "ParameterServer", "Pipeline",
+__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "PipelineParallel",
            "ProcessGroupStrategy",
            "Sharded", "Strategy", "available_strategies", "get_strategy", "register",
-           "strategy_class", "strategy_config"]
+           "registered_names", "strategy_class"]

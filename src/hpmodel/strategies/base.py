@@ -29,8 +29,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from hpmodel.config import check_type
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.schema import make_config
 
 
 class Strategy(abc.ABC):
@@ -43,7 +42,7 @@ class Strategy(abc.ABC):
         pass
 
     def __init__(self, config: Any = None, **options: Any):
-        self.config = config if config is not None else make_config(type(self), options)
+        self.config = config if config is not None else strategy_options(type(self), options)
 
     # -- where this process runs --------------------------------------------------------
     @property
@@ -130,24 +129,9 @@ class Strategy(abc.ABC):
         return f"{self.names[0]} ({self.world_size} process{'es' if self.world_size > 1 else ''})"
 
 
-def make_config(cls: type[Strategy], options: dict[str, Any]):
-    """Validate ``options`` against ``cls.Config``, naming the key and the allowed keys."""
-    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-    name = cls.names[0] if cls.names else cls.__name__
-    for key in options:
-        if key not in fields:
-            allowed = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"unknown key 'strategy.{key}' for strategy '{name}': "
-                              f"allowed keys are {allowed}")
-    hints = {f.name: f.type for f in dataclasses.fields(cls.Config)}
-    kinds = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
-    checked = {k: check_type(f"strategy.{k}", v, kinds.get(str(hints[k]), hints[k]))
-               for k, v in options.items()}
-    config = cls.Config(**checked)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
+def strategy_options(cls: type[Strategy], options: dict[str, Any]):
+    """``cls.Config`` built from keyword ``options``, naming any bad key and the allowed ones."""
+    return make_config(cls.Config, options, cls.names[0] if cls.names else cls.__name__)
 
 
 def build_optimizer(optimizer: Any, model: nn.Module):

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.strategies.process_group import ProcessGroupConfig, ProcessGroupStrategy
 from hpmodel.strategies.registry import register
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

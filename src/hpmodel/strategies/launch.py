@@ -17,7 +17,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 LAUNCHED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -60,8 +62,6 @@ def default_run_id(spec: LaunchSpec) -> str:
 
 def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
     """Run ``entrypoint(*args)`` in ``spec.nproc_per_node`` processes; return this node's first rank's result."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     endpoint = spec.rdzv_endpoint or f"127.0.0.1:{free_port()}"

@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.strategies.base import build_optimizer
 from hpmodel.strategies.overlap import OptimizerOverlap, overlap_hook
 from hpmodel.strategies.process_group import ProcessGroupConfig, ProcessGroupStrategy

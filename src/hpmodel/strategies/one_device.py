@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 from hpmodel.strategies.base import Strategy, build_optimizer
 from hpmodel.strategies.devices import resolve_device
 from hpmodel.strategies.registry import register
@@ -30,7 +30,6 @@ class OneDevice(Strategy):
     class Config:
         device: str = "auto"
         devices: int = 1
-        hold_global_batch: bool = False
 
         def validate(self) -> None:
             if self.devices != 1:

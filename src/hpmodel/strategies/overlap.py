@@ -34,7 +34,7 @@ import threading
 import torch
 import torch.distributed as dist
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 
 class OptimizerOverlap:

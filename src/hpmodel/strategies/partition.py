@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 
 @dataclass

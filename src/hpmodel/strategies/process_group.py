@@ -15,10 +15,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.strategies.base import Strategy
 from hpmodel.strategies.devices import accelerator_count
 from hpmodel.strategies.launch import LaunchSpec, in_launched_process, launch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM,
               "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
@@ -36,7 +37,6 @@ class ProcessGroupConfig:
     rdzv_endpoint: str = ""  # "host:port" of node 0 when nnodes > 1
     max_restarts: int = 0
     timeout_s: int = 300  # collective timeout: a dead peer surfaces as an error, not a hang
-    hold_global_batch: bool = False
 
     def validate(self) -> None:
         if self.devices < 0:
@@ -188,7 +188,6 @@ def attempt_store(timeout: timedelta) -> dist.Store:
 
 def run_in_worker(strategy: ProcessGroupStrategy, fn: Callable[..., Any], args: tuple) -> Any:
     """The body of every launched process: join the group, run ``fn``, leave the group."""
-    from torch.distributed.elastic.multiprocessing.errors import record
 
     @record
     def body():

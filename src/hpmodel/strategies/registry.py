@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 
 _REGISTRY: dict[str, type] = {}
 
@@ -38,12 +38,6 @@ def get_strategy(name: str = "one-device", **options: Any):
     return strategy_class(name)(**options)
 
 
-def strategy_config(table: dict[str, Any]):
-    """Validate a config's ``[strategy]`` table; returns the strategy's Config object."""
-    from hpmodel.strategies.base import make_config
-
-    options = dict(table)
-    name = options.pop("name", "one-device")
-    if not isinstance(name, str):
-        raise ConfigError("strategy.name must be a string")
-    return make_config(strategy_class(name), options)
+def registered_names() -> list[str]:
+    """Every registered name, aliases included."""
+    return sorted(_REGISTRY)

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.strategies.base import build_optimizer
 from hpmodel.strategies.process_group import ProcessGroupConfig, ProcessGroupStrategy
 from hpmodel.strategies.registry import register
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 DTYPES = {"": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,11 +47,6 @@ class ShardedConfig(ProcessGroupConfig):
 
 def fsdp_api():
     """``(fully_shard, MixedPrecisionPolicy, CPUOffloadPolicy)`` from where this torch keeps them."""
-    try:
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-    except ImportError:  # torch < 2.6
-        from torch.distributed._composable.fsdp import (CPUOffloadPolicy, MixedPrecisionPolicy,
-                                                        fully_shard)
     return fully_shard, MixedPrecisionPolicy, CPUOffloadPolicy
 
 
@@ -88,8 +86,6 @@ class Sharded(ProcessGroupStrategy):
     Config = ShardedConfig
 
     def setup(self, model: nn.Module, optimizer=None):
-        from torch.distributed.device_mesh import init_device_mesh
-
         if self.config.cpu_offload and not self.uses_cuda:
             raise HpmodelError("strategy.cpu_offload = true offloads GPU shards to the host, but "
                                "this run computes on the CPU already: set cpu_offload = false")
@@ -122,7 +118,6 @@ class Sharded(ProcessGroupStrategy):
 
     def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Gather the full weights onto rank 0's host memory (other ranks get ``{}``)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(model, options=options)

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch.distributed as dist
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.train.backup_dcp import load_model_state, model_fingerprint, save_model_state
 from hpmodel.train.backup_format import (check_world_size, find_backup, fingerprint_mismatch,
                                          folder_name, load_nested, prune, save_nested, write_manifest)
 from hpmodel.train.callbacks import Callback
 from hpmodel.train.seeding import rng_state, set_rng_state
+import dataclasses
 
 
 class BackupAndRestore(Callback):
@@ -215,7 +216,6 @@ def config_fingerprint(cfg) -> dict[str, Any]:
 
         BackupAndRestore("ckpt/", fingerprint=config_fingerprint(load_config("run.toml")))
     """
-    import dataclasses
 
     flat: dict[str, Any] = {}
     for section, table in dataclasses.asdict(cfg).items():

@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.tensor import DTensor
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_state_dict
 
 # Without a process group DCP warns on every call that it assumes one process: intended here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -49,9 +54,6 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def _safe_reader(path: str | Path):
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
-
     class SafeFileSystemReader(FileSystemReader):
         """DCP's file reader whose metadata is read with a restricted unpickler."""
 
@@ -70,7 +72,6 @@ def _safe_reader(path: str | Path):
 
 def snapshot(value: Any) -> Any:
     """A CPU copy of every tensor in ``value`` (DTensor shards stay DTensors)."""
-    from torch.distributed.tensor import DTensor
 
     if isinstance(value, DTensor):
         local = value.to_local().detach().to("cpu", copy=True)
@@ -87,7 +88,6 @@ def snapshot(value: Any) -> Any:
 
 def model_fingerprint(model: torch.nn.Module) -> dict[str, list]:
     """Parameter and buffer names → [shape, dtype], as DCP names them (wrappers removed)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return {k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
             for k, v in get_model_state_dict(model).items() if torch.is_tensor(v)}
@@ -96,8 +96,6 @@ def model_fingerprint(model: torch.nn.Module) -> dict[str, list]:
 def save_model_state(model, optimizer, folder: str | Path, *, asynchronous: bool = False,
                      process_group=None) -> Future:
     """Write model and optimizer to ``folder`` (all ranks call); a future of the write."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
@@ -113,8 +111,6 @@ def save_model_state(model, optimizer, folder: str | Path, *, asynchronous: bool
 
 def load_model_state(model, optimizer, folder: str | Path, process_group=None) -> None:
     """Load what :func:`save_model_state` wrote into ``model`` and ``optimizer`` (all ranks call)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     # get_state_dict creates the optimizer's state (a zero step) so DCP has slots to fill;
     # every slot is then overwritten by the loaded values.

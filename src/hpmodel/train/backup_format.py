@@ -30,8 +30,9 @@ from typing import Any
 
 import torch
 
-from hpmodel.errors import HpmodelError
-from hpmodel.train.run_dir import atomic_write_bytes, write_json
+from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.files import atomic_write_bytes, write_json
+from safetensors.torch import load_file, save
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -130,7 +131,6 @@ def fingerprint_mismatch(stored: dict, current: dict) -> list[str]:
 # -- nested state ↔ safetensors + JSON ------------------------------------------------------
 def save_nested(folder: Path, stem: str, state: Any) -> None:
     """Write ``state`` (dicts/lists of tensors and plain data) as STEM.safetensors + STEM.json."""
-    from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
 
@@ -153,7 +153,6 @@ def save_nested(folder: Path, stem: str, state: Any) -> None:
 
 def load_nested(folder: Path, stem: str) -> Any:
     """The inverse of :func:`save_nested`."""
-    from safetensors.torch import load_file
 
     tensors = load_file(str(folder / f"{stem}.safetensors"))
 

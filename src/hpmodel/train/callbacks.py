@@ -17,6 +17,7 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+from tqdm.auto import tqdm
 
 
 class Callback:
@@ -84,7 +85,7 @@ class MetricsLogger(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional extra
 
                 self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
             except ImportError:  # tensorboard is optional
@@ -122,7 +123,6 @@ class ProgressBar(Callback):
     def on_epoch_begin(self, state) -> None:
         if not state.strategy.is_main:
             return
-        from tqdm.auto import tqdm
 
         self.bar = tqdm(total=state.steps_per_epoch, initial=state.step_in_epoch,
                         desc=f"epoch {state.epoch + 1}/{state.epochs}", unit="step",

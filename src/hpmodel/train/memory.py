@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 
 def parse_recompute(value: str) -> int:
@@ -70,7 +71,6 @@ def apply_recompute(model: nn.Module, every: int = 1) -> nn.Module:
         raise ConfigError(f"recompute every = {every} must be 0 (off) or more")
     if every == 0:
         return model
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     blocks = blocks_of(model)
     for index in range(0, len(blocks), every):

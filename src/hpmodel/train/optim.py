@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 
 
 def optimizer_factory(config):

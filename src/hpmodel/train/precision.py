@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from hpmodel.errors import ConfigError
+from hpmodel.kernel.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.strategies import OneDevice
 from hpmodel.train.batches import TensorBatches
 from hpmodel.train.callbacks import CallbackList, EarlyStopping, ProgressBar, Timer
@@ -32,6 +32,7 @@ from hpmodel.train.memory import offload_activations
 from hpmodel.train.precision import autocast, grad_scaler
 from hpmodel.train.seeding import seed_everything
 from hpmodel.train.state import TrainState
+from hpmodel.data import from_dataset
 
 
 @dataclass
@@ -168,8 +169,6 @@ class Trainer:
         if isinstance(data, (tuple, list)) and all(torch.is_tensor(t) for t in data):
             return TensorBatches(data, self.global_batch_size(), shuffle=shuffle, seed=self.seed)
         if isinstance(data, torch.utils.data.Dataset):
-            from hpmodel.data import from_dataset
-
             pipeline = from_dataset(data)
             if shuffle:
                 pipeline = pipeline.shuffle(len(data), seed=self.seed)

@@ -22,8 +22,14 @@ from typing import Any
 import torch
 import torch.distributed.rpc as rpc
 
-from hpmodel.strategies.parameter_server import cluster, server, worker
-from hpmodel.strategies.parameter_server.coordinator import Coordinator
+from hpmodel.parameter_server import cluster, server, worker
+from hpmodel.parameter_server.coordinator import Coordinator
+from torch.distributed.rpc.api import _is_current_rpc_agent_set
+from hpmodel.datasets import load_splits
+from hpmodel.runs.common import ModelFactory
+from hpmodel.train.optim import optimizer_factory, schedule_factory
+from hpmodel.reporting.console import print_rows
+from hpmodel.kernel.files import save_weights, write_json
 
 
 class TrainData:
@@ -33,8 +39,6 @@ class TrainData:
         self.data_config, self.seed = data_config, seed
 
     def __call__(self):
-        from hpmodel.datasets import load_splits
-
         train = load_splits(self.data_config, self.seed).train
         return train.x, train.y
 
@@ -113,15 +117,11 @@ def coordinate(cfg, out_dir: str, config, spec) -> dict[str, Any]:
 
 
 def rpc_initialized() -> bool:
-    from torch.distributed.rpc.api import _is_current_rpc_agent_set
-
     return _is_current_rpc_agent_set()
 
 
 def run_cluster(cfg, out_dir: Path, config, spec, processes) -> dict[str, Any]:
     """Set up servers and workers over RPC, run the steps, pull the final variables."""
-    from hpmodel.datasets import load_splits
-    from hpmodel.train.run import ModelFactory
 
     splits = load_splits(cfg.data, cfg.seed)
     factory = ModelFactory(cfg, splits.input_shape, splits.num_classes)
@@ -132,7 +132,6 @@ def run_cluster(cfg, out_dir: Path, config, spec, processes) -> dict[str, Any]:
     steps = plan_steps(len(splits.train), cfg.data.batch_size, cfg.train.epochs, cfg.seed,
                        cfg.train.max_steps)
     applied = set_up_roles(cfg, out_dir, config, initial, placement, factory, workers, len(steps))
-    from hpmodel.train.run_dir import write_json
 
     pids = {name: process.pid for name, process in processes.items()}
     write_json(out_dir / "ps-cluster.json", {"pids": pids, "address": spec.address,
@@ -159,7 +158,6 @@ def run_cluster(cfg, out_dir: Path, config, spec, processes) -> dict[str, Any]:
 def set_up_roles(cfg, out_dir: Path, config, initial, placement, factory, workers, num_steps) -> set[int]:
     """Build every server's shard and every worker's model and data, all at once (each
     process imports and loads on its own); returns the step ids every server already has."""
-    from hpmodel.train.optim import optimizer_factory, schedule_factory
 
     updates = num_steps if config.mode != "sync" else math.ceil(num_steps / config.workers)
     backup_dir = config.backup_dir or cfg.backup.dir or str(out_dir / "ps-backup")
@@ -215,8 +213,6 @@ class MetricsFile:
 
 def write_outputs(cfg, out_dir: Path, summary: dict) -> None:
     """model.safetensors, summary.json, and the per-worker table on the terminal."""
-    from hpmodel.report import print_rows
-    from hpmodel.train.run_dir import save_weights, write_json
 
     state_dict = summary.pop("_state_dict")
     save_weights(out_dir / "model.safetensors", state_dict, metadata={"model": cfg.model.name, "hpmodel": "1"})

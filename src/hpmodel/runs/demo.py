@@ -19,7 +19,12 @@ from typing import Any
 import torch
 
 from hpmodel.config import load_config
-from hpmodel.report import print_summary
+from hpmodel.reporting.console import print_summary
+from hpmodel.runs.distill import distill_from_config, load_distill_config
+from hpmodel.runs.compress import compress_run
+from hpmodel.compress.variants import CompressOptions
+from hpmodel.reporting.demo import write_demo_report
+from hpmodel.runs.train import train_from_config
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 QUICK_COMPRESS_MODES = ["dynamic-int8", "static-int8", "prune"]
@@ -53,11 +58,6 @@ def stage(number: int, text: str) -> float:
 
 def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
     """Run the five stages into ``out``; returns what the report was built from."""
-    from hpmodel.compress.distill_run import distill_from_config, load_distill_config
-    from hpmodel.compress.pipeline import compress_run
-    from hpmodel.compress.variants import CompressOptions
-    from hpmodel.demo_report import write_demo_report
-    from hpmodel.train.run import train_from_config
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from typing import Any
+from rich.console import Console
+from rich.table import Table
 
 
 def format_value(value: Any) -> str:
@@ -15,8 +17,6 @@ def format_value(value: Any) -> str:
 
 def print_summary(summary: dict[str, Any], title: str = "summary") -> None:
     """Print the scalar entries of ``summary`` as a two-column table."""
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
@@ -29,8 +29,6 @@ def print_summary(summary: dict[str, Any], title: str = "summary") -> None:
 
 def print_rows(rows: list[dict[str, Any]], title: str) -> None:
     """Print a list of records as a table with one column per key."""
-    from rich.console import Console
-    from rich.table import Table
 
     if not rows:
         return

@@ -14,56 +14,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpmodel.config import RunConfig, load_config, to_toml
+from hpmodel.config import RunConfig, load_config
 from hpmodel.datasets import load_splits
 from hpmodel.models import build_model, count_parameters
+from hpmodel.kernel.schema import to_toml
+from hpmodel.runs.parameter_server import train as train_parameter_server
 from hpmodel.strategies import get_strategy
 from hpmodel.train.backup import BackupAndRestore, config_fingerprint
 from hpmodel.train.backup_format import step_folders
 from hpmodel.train.callbacks import MetricsLogger
 from hpmodel.train.faults import KillOnce, restart_count
-from hpmodel.train.memory import recompute_transform
-from hpmodel.train.optim import optimizer_factory, schedule_factory
-from hpmodel.train.run_dir import atomic_write_bytes, load_weights, read_json, save_weights, write_json
+from hpmodel.train.optim import optimizer_factory
+from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights, write_json
 from hpmodel.train.trainer import Trainer
-
-
-def build_strategy(cfg: RunConfig):
-    options = dict(cfg.strategy)
-    return get_strategy(options.pop("name", "one-device"), **options)
-
-
-def build_trainer(cfg: RunConfig, strategy, callbacks=()) -> Trainer:
-    return Trainer(strategy=strategy, precision=cfg.train.precision, grad_accum=cfg.train.grad_accum,
-                   clip_grad_norm=cfg.train.clip_grad_norm, callbacks=callbacks, seed=cfg.seed,
-                   batch_size=cfg.data.batch_size, log_every_steps=cfg.train.log_every_steps,
-                   progress=cfg.train.progress, max_steps=cfg.train.max_steps,
-                   early_stopping_patience=cfg.train.early_stopping_patience,
-                   schedule=schedule_factory(cfg.schedule),
-                   model_transform=recompute_transform(cfg.train.recompute),
-                   offload_activations=cfg.train.offload_activations)
-
-
-class ModelFactory:
-    """A picklable ``() -> nn.Module`` for a config, so processes can build the model."""
-
-    def __init__(self, cfg: RunConfig, input_shape, num_classes: int):
-        self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
-
-    def __call__(self):
-        return build_model(self.cfg.model, self.input_shape, self.num_classes)
+from hpmodel.runs.common import ModelFactory, build_strategy, build_trainer
+from hpmodel.compress.variants import evaluate_variant
+from hpmodel.kernel.errors import HpmodelError
 
 
 def train_from_config(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train as ``cfg`` says, write the run directory, return ``summary.json``'s content."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    strategy = build_strategy(cfg)
-    atomic_write_bytes(out_dir / "config.toml", to_toml(cfg).encode())
+    atomic_write_bytes(out_dir / "config.toml", to_toml(cfg.to_dict()).encode())
     if not (cfg.backup.dir and step_folders(cfg.backup.dir)):  # a resumed run keeps its metrics
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    if hasattr(strategy, "train_from_config"):  # strategies with their own loop (parameter-server)
-        return strategy.train_from_config(cfg, out_dir)
+    if cfg.strategy.is_parameter_server:  # its own runner and loop
+        return train_parameter_server(cfg, out_dir, cfg.strategy.options)
+    strategy = build_strategy(cfg)
     summary = strategy.launch(train_worker, cfg, str(out_dir), strategy)
     return summary
 
@@ -107,7 +85,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """Re-score a trained run on its test split, from its config and weights alone."""
     run_dir = Path(run_dir)
     if (run_dir / "variant.json").is_file():  # a compressed variant (hpmodel compress)
-        from hpmodel.compress.variants import evaluate_variant
 
         return evaluate_variant(run_dir, split)
     cfg = load_config(run_dir / "config.toml")
@@ -116,8 +93,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     weights = load_weights(run_dir / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        from hpmodel.errors import HpmodelError
-
         raise HpmodelError(f"'{run_dir}/model.safetensors' does not fit the model of its config.toml "
                            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     trainer = Trainer(strategy=get_strategy("one-device"), precision=cfg.train.precision,
@@ -128,5 +103,4 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
             f"{split}_examples": scores["examples"]}
 
 
-__all__ = ["ModelFactory", "build_strategy", "build_trainer", "evaluate_run", "read_json",
-           "train_from_config"]
+__all__ = ["evaluate_run", "train_from_config", "train_worker"]

@@ -21,7 +21,8 @@ import torch
 import torch.distributed.rpc as rpc
 from torch import nn
 
-from hpmodel.strategies.parameter_server import server
+from hpmodel.parameter_server import server
+import os
 
 
 @dataclass
@@ -94,7 +95,6 @@ _WORKER: list[Worker] = []
 
 def setup_worker(spec: WorkerSpec) -> int:
     """RPC target: build this process's worker (model + data); returns the process id."""
-    import os
 
     _WORKER[:] = [Worker(spec)]
     return os.getpid()

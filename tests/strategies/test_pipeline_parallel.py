@@ -8,7 +8,7 @@ from torch import nn
 import hpmodel as hm
 from hpmodel.config import DataConfig
 from hpmodel.datasets import load_splits
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 
 def tiny_mlp():

@@ -44,7 +44,10 @@ import torch
 from torch import nn
 
 from hpmodel.bench.common import write_results
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+import torch.distributed as dist
+from hpmodel.train.memory import apply_recompute, offload_activations
+from hpmodel.strategies.pipeline_parallel import PipelineParallel
 
 MICROBATCHES = (1, 2, 4, 8, 16)
 SCHEDULES = ("gpipe", "1f1b")
@@ -70,7 +73,6 @@ class ResidualFFN(nn.Module):
 
 def throughput_worker(options: dict[str, Any], strategy) -> list[dict[str, Any]]:
     """In each stage process: time training steps for every schedule and M."""
-    import torch.distributed as dist
 
     if strategy.uses_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -123,7 +125,6 @@ def add_bounds(rows: list[dict[str, Any]], stages: int) -> None:
 
 def step_fits(depth: int, width: int, batch: int, mode: str) -> bool:
     """Whether one training step of ``depth`` residual FFN blocks fits on the GPU."""
-    from hpmodel.train.memory import apply_recompute, offload_activations
 
     model = optimizer = None
     try:
@@ -184,7 +185,6 @@ def memory_rows(options: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_bench(out_dir: Path, quick: bool = False, **options: Any) -> dict:
     """Run both parts; write pipeline.json and pipeline.png."""
-    from hpmodel.strategies.pipeline import Pipeline
 
     defaults = ({"width": 64, "depth": 4, "batch": 64, "steps": 3} if quick else
                 {"width": 4096, "depth": 16, "batch": 32768, "steps": 5})
@@ -201,7 +201,7 @@ def run_bench(out_dir: Path, quick: bool = False, **options: Any) -> dict:
                            "balanced) or equal (the same number of blocks per stage)")
     # equal: depth/K MLP blocks per stage, the classifier joins the last stage
     splits = [options["depth"] * i // stages for i in range(1, stages)] if options["partition"] == "equal" else []
-    strategy = Pipeline(devices=stages * replicas, stages=stages, device=device, split_points=splits)
+    strategy = PipelineParallel(devices=stages * replicas, stages=stages, device=device, split_points=splits)
     rows = strategy.launch(throughput_worker, options, strategy)
     add_bounds(rows, stages=stages)
     rows += memory_rows(options)

@@ -32,7 +32,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+import traceback
+import socket
 
 STOP = threading.Event()  # set by the coordinator's stop call: this process may leave
 
@@ -192,8 +194,6 @@ def run_in_fresh_process(fn, *args):
 
 
 def _report_to(sender, fn, args) -> None:
-    import traceback
-
     try:
         message = ("ok", fn(*args))
     except HpmodelError as error:
@@ -206,7 +206,6 @@ def _report_to(sender, fn, args) -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (the kernel picks it)."""
-    import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

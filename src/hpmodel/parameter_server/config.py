@@ -1,4 +1,4 @@
-"""ParameterServer: asynchronous data parallelism that keeps training when a worker dies.
+"""The parameter server's options: asynchronous data parallelism that keeps training when a worker dies.
 
 tf.distribute's ParameterServerStrategy on PyTorch's own engine, ``torch.distributed.rpc``
 (TensorPipe): M servers hold the variables (spread by size), N workers pull them, compute
@@ -6,36 +6,38 @@ gradients on their own batches and push them back, and a coordinator schedules t
 and re-runs those of a dead worker. See :mod:`.coordinator` for the modes (async,
 bounded staleness, sync) and :mod:`.cluster` for how processes meet.
 
-The Trainer's synchronous step does not fit asynchronous updates, so this strategy brings
-its own run: ``hpmodel train`` calls :meth:`ParameterServer.train_from_config`.
+The Trainer's synchronous step does not fit asynchronous updates, so the parameter server
+is not a :class:`~hpmodel.strategies.Strategy` but its own runner with its own loop: the
+application layer (:mod:`hpmodel.runs.parameter_server`) runs it when
+``strategy.name = "parameter-server"``. This module holds its options.
 
 Example::
 
     hpmodel train digits.toml --strategy parameter-server --workers 2 --servers 1 --out runs/ps
 
-    strategy = hm.get_strategy("parameter-server", workers=2, servers=1, mode="bounded")
-    summary = strategy.train_from_config(load_config("digits.toml"), "runs/ps")
+    cfg = load_config("digits.toml", ["strategy.name='parameter-server'", "strategy.workers=2"])
+    summary = hm.runs.train_from_config(cfg, "runs/ps")
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
-import torch
-from torch import nn
+from hpmodel.kernel.errors import ConfigError
 
-from hpmodel.errors import ConfigError, HpmodelError
-from hpmodel.strategies.base import Strategy, build_optimizer
-from hpmodel.strategies.registry import register
-
+NAMES = ("parameter-server", "parameter_server", "ps")  # strategy.name values that select it
 MODES = ("async", "bounded", "sync")
 ROLES = ("all", "coordinator", "server", "worker")
 
 
 @dataclass
 class ParameterServerConfig:
-    """Options of the parameter-server strategy (the ``[strategy]`` table)."""
+    """Options of the parameter-server run (the ``[strategy]`` table).
+
+    Example::
+
+        ParameterServerConfig(workers=2, servers=1, mode="bounded").validate()
+    """
 
     workers: int = 2
     servers: int = 1
@@ -79,45 +81,3 @@ class ParameterServerConfig:
         if self.coordinator_address and ":" not in self.coordinator_address:
             raise ConfigError(f"strategy.coordinator_address = '{self.coordinator_address}' must be "
                               "'host:port'")
-
-
-@register
-class ParameterServer(Strategy):
-    """Asynchronous (or bounded-staleness, or synchronous) training on parameter servers.
-
-    Example::
-
-        strategy = hm.get_strategy("parameter-server", workers=2, servers=1)
-        summary = strategy.train_from_config(cfg, "runs/ps")
-        summary["staleness_mean"], summary["per_worker"]
-    """
-
-    names = ("parameter-server", "parameter_server", "ps")
-    Config = ParameterServerConfig
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def num_replicas(self) -> int:
-        return self.config.workers
-
-    def setup(self, model: nn.Module, optimizer=None):
-        """For evaluation in this process: the model on the CPU (training runs on the workers)."""
-        model = model.to(self.device)
-        return model, build_optimizer(optimizer, model)
-
-    def launch(self, fn: Callable[..., Any], *args: Any) -> Any:
-        raise HpmodelError("strategy 'parameter-server' runs its own asynchronous loop, not "
-                           "Trainer.fit: use 'hpmodel train' or strategy.train_from_config(cfg, out_dir)")
-
-    def train_from_config(self, cfg, out_dir) -> dict[str, Any]:
-        """Train as ``cfg`` says on a parameter-server cluster; write the run directory."""
-        from hpmodel.strategies.parameter_server.training import train
-
-        return train(cfg, out_dir, self.config)
-
-    def describe(self) -> str:
-        c = self.config
-        return f"parameter-server ({c.mode}, {c.servers} server(s), {c.workers} worker(s))"

@@ -1,4 +1,4 @@
-"""Pipeline: split a model into K stages on K devices and stream M micro-batches through them.
+"""PipelineParallel: split a model into K stages on K devices and stream M micro-batches through them.
 
 ``torch.distributed.pipelining`` does the heavy lifting: ``PipelineStage`` owns one stage's
 blocks and its sends/receives, ``ScheduleGPipe`` / ``Schedule1F1B`` order the forward and
@@ -28,18 +28,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.strategies.base import build_optimizer
 from hpmodel.strategies.partition import (balance, bounds_from_split_points, check_splittable,
                                           describe_plan, profile_blocks, shared_parameters_across)
 from hpmodel.strategies.process_group import ProcessGroupConfig, ProcessGroupStrategy
 from hpmodel.strategies.registry import register
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 SCHEDULES = ("gpipe", "1f1b")
 
 
 @dataclass
-class PipelineConfig(ProcessGroupConfig):
+class PipelineParallelConfig(ProcessGroupConfig):
     """Pipeline options on top of the process-group ones (``devices`` = processes per node)."""
 
     schedule: str = "1f1b"  # gpipe | 1f1b
@@ -93,7 +95,7 @@ class WeightedLoss:
 
 
 @register
-class Pipeline(ProcessGroupStrategy):
+class PipelineParallel(ProcessGroupStrategy):
     """GPipe / 1F1B pipeline parallelism, optionally replicated for data parallelism.
 
     Example::
@@ -102,7 +104,7 @@ class Pipeline(ProcessGroupStrategy):
     """
 
     names = ("pipeline", "gpipe")
-    Config = PipelineConfig
+    Config = PipelineParallelConfig
 
     def __init__(self, config=None, **options):
         super().__init__(config, **options)
@@ -135,7 +137,6 @@ class Pipeline(ProcessGroupStrategy):
                 raise HpmodelError(f"{self.world_size} processes cannot hold pipelines of "
                                    f"strategy.stages = {self.num_stages}: make the process count a "
                                    "multiple of the stage count")
-            from torch.distributed.device_mesh import init_device_mesh
 
             self.mesh = init_device_mesh(self.device.type, (self.num_replicas, self.num_stages),
                                          mesh_dim_names=("replica", "stage"))
@@ -266,8 +267,6 @@ class Pipeline(ProcessGroupStrategy):
         """A stage + schedule per micro-batch shape: receive buffers are sized on first use."""
         key = (micro_size, count, train)
         if key not in self._schedules:
-            from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-
             stage = PipelineStage(model.module, self.stage_index, self.num_stages, self.device,
                                   group=self._stage_group)
             # 1F1B needs M ≥ K; GPipe computes the same gradients for the short remainder pieces.
@@ -349,5 +348,5 @@ def micro_batch_pieces(batch_size: int, microbatches: int) -> list[tuple[int, in
     return pieces
 
 
-__all__ = ["Pipeline", "PipelineConfig", "PipelineModule", "WeightedLoss", "micro_batch_pieces",
+__all__ = ["PipelineParallel", "PipelineParallelConfig", "PipelineModule", "WeightedLoss", "micro_batch_pieces",
            "named_blocks"]

@@ -14,14 +14,15 @@ from typing import Any
 import torch
 
 from hpmodel.compress import variants
-from hpmodel.compress.report import measure_variant, write_report
-from hpmodel.report import print_rows
+from hpmodel.compress.measure import measure_variant
+from hpmodel.reporting.compress import write_report
+from hpmodel.reporting.console import print_rows
+from tqdm import tqdm
 
 
 def compress_run(run_dir: str | Path, out_dir: str | Path, options: variants.CompressOptions | None = None,
                  repeats: int = 20) -> dict[str, Any]:
     """Build, score and time each mode of ``options`` (fp32 is always included as the baseline)."""
-    from tqdm import tqdm
 
     options = options or variants.CompressOptions()
     out_dir = Path(out_dir)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hpmodel.models import count_parameters
-from hpmodel.train.run_dir import atomic_write_bytes, write_json
+from hpmodel.kernel.files import atomic_write_bytes, write_json
 
 
 @torch.inference_mode()

@@ -1,14 +1,12 @@
-"""A run directory on disk: weights, resolved config, metrics and summary.
+"""Files that are never half written: atomic bytes, JSON and weights.
 
 Weights are written with ``safetensors`` (loading executes no code); every file is
 written atomically (temporary file, fsync, rename) so a crash never leaves half a file.
 
-Layout::
+Example::
 
-    DIR/model.safetensors   final weights
-    DIR/config.toml         the resolved configuration
-    DIR/metrics.jsonl       one JSON object per logged step or epoch
-    DIR/summary.json        test_accuracy, test_loss, steps, examples_per_second, wall_seconds, ...
+    write_json("runs/x/summary.json", {"steps": 10})
+    save_weights("runs/x/model.safetensors", model.state_dict())
 """
 
 from __future__ import annotations
@@ -20,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -57,7 +57,6 @@ def read_json(path: str | Path) -> Any:
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors, atomically (shared tensors are cloned apart)."""
-    from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     atomic_write_bytes(path, save(tensors, metadata=metadata))
@@ -65,8 +64,6 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor],
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file; a missing or corrupt file gives one clear error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():

@@ -32,8 +32,8 @@ from typing import Callable
 import torch
 import torch.distributed.rpc as rpc
 
-from hpmodel.errors import HpmodelError
-from hpmodel.strategies.parameter_server import server, worker
+from hpmodel.kernel.errors import HpmodelError
+from hpmodel.parameter_server import server, worker
 
 
 @dataclass

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hpmodel.reporting import Report, plot_training_curves
-from hpmodel.train.run_dir import write_json
+from hpmodel.kernel.files import write_json
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the Agg backend
 
 TEACHER_KEYS = ("test_accuracy", "test_loss", "steps", "epochs", "examples_per_second",
                 "parameters", "strategy", "restarts", "resumed_at_step")
@@ -33,11 +36,6 @@ def plot_wait_fraction(history: list[dict], path: Path) -> Path | None:
     points = [(row["epoch"], row["input_wait_fraction"]) for row in history if "input_wait_fraction" in row]
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figure, axes = plt.subplots(figsize=(6, 3))
     axes.bar([p[0] for p in points], [100 * p[1] for p in points], color="#7cb342")
     axes.set_xlabel("epoch")

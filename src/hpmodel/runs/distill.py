@@ -25,15 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from hpmodel.compress.distill import Ensemble, distill, load_teacher, soft_targets
-from hpmodel.compress.distill_report import accuracy, gap_recovered, measure, write_report
+from hpmodel.reporting.distill import accuracy, gap_recovered, measure, write_report
 from hpmodel.compress.noisy_student import Noise, noisy_student
-from hpmodel.config import RunConfig, check_type, config_from_dict, read_toml, to_toml
+from hpmodel.config import RunConfig, config_from_dict
+from hpmodel.kernel.schema import check_type, read_toml, to_toml
 from hpmodel.datasets import load_splits
-from hpmodel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.train.callbacks import MetricsLogger
 from hpmodel.train.optim import optimizer_factory
-from hpmodel.train.run import ModelFactory, build_strategy, build_trainer
-from hpmodel.train.run_dir import atomic_write_bytes, save_weights
+from hpmodel.runs.common import ModelFactory, build_strategy, build_trainer
+from hpmodel.kernel.files import atomic_write_bytes, save_weights
 
 MODES = ("average", "many-on-many", "noisy-student")
 
@@ -207,14 +208,14 @@ def save_students(out_dir: Path, cfg: RunConfig, model, scratch) -> dict[str, An
     members = list(model.members) if isinstance(model, Ensemble) else [model]
     targets = [out_dir] if len(members) == 1 else [out_dir / f"student_{i}" for i in range(len(members))]
     for member, target in zip(members, targets):
-        atomic_write_bytes(target / "config.toml", to_toml(cfg).encode())
+        atomic_write_bytes(target / "config.toml", to_toml(cfg.to_dict()).encode())
         save_weights(target / "model.safetensors", member.state_dict(),
                      metadata={"model": cfg.model.name, "hpmodel": "1"})
     if len(members) > 1:  # the ensemble's size is its members' sum
         files["distilled"] = None
         files["ensemble_bytes"] = sum((t / "model.safetensors").stat().st_size for t in targets)
     if scratch is not None:
-        atomic_write_bytes(out_dir / "scratch" / "config.toml", to_toml(cfg).encode())
+        atomic_write_bytes(out_dir / "scratch" / "config.toml", to_toml(cfg.to_dict()).encode())
         files["scratch"] = out_dir / "scratch" / "model.safetensors"
         save_weights(files["scratch"], scratch.state_dict(), metadata={"model": cfg.model.name})
     return files

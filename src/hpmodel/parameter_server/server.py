@@ -24,7 +24,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.errors import HpmodelError
+from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.files import atomic_write_bytes
+from safetensors.torch import load_file, save
 
 
 @dataclass
@@ -107,9 +109,7 @@ class ShardServer:
     def write_backup(self) -> None:
         """Variables and optimizer tensors as safetensors, the rest as JSON (no pickle)."""
         # strategies/ does not import train/ at module level; the atomic writer lives there.
-        from safetensors.torch import save
 
-        from hpmodel.train.run_dir import atomic_write_bytes
 
         tensors_path, json_path = self.backup_paths()
         state = self.optimizer.state_dict()
@@ -133,7 +133,6 @@ class ShardServer:
         tensors_path, json_path = self.backup_paths()
         if not json_path.is_file() or not tensors_path.is_file():
             return
-        from safetensors.torch import load_file
 
         meta = json.loads(json_path.read_text())
         if meta["names"] != list(self.params):

@@ -1,0 +1,101 @@
+"""Measure compressed variants: accuracy, file sizes and latency (the report itself is
+:mod:`hpmodel.reporting.compress`).
+
+Accuracy comes from :func:`~hpmodel.compress.variants.evaluate_variant`, CPU latency from
+ONNX Runtime and PyTorch at batch 1 and 64, GPU latency from PyTorch where CUDA exists;
+``gzip`` measures how well a file compresses (pruned zeros compress, dense floats do not).
+
+Example::
+
+    row = measure_variant(Path("out/dynamic-int8"))
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safetensors import safe_open
+
+from hpmodel.compress import variants
+from hpmodel.compress.export import OnnxModel
+from hpmodel.config import load_config
+from hpmodel.datasets import load_splits
+from hpmodel.kernel.files import read_json
+from hpmodel.kernel.timing import timed
+
+BATCHES = (1, 64)
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    """Raw and gzip-compressed bytes of a file (level 9, as TF-MOT measures)."""
+    data = path.read_bytes()
+    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9))}
+
+
+def parameter_count(folder: Path) -> int:
+    """Weights and biases stored by the variant (quantization scales and zero points excluded)."""
+    path = folder / "model.safetensors"
+    if path.is_file():
+        with safe_open(str(path), "pt") as handle:
+            return sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys())
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    return sum(_numel(t.dims) for t in graph.initializer
+               if len(t.dims) >= 1 and "scale" not in t.name and "zero_point" not in t.name)
+
+
+def _numel(shape) -> int:
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total
+
+
+def latency_ms(predict, example: torch.Tensor, repeats: int) -> float:
+    """Median milliseconds of one call on ``example`` (after warm-up)."""
+    return 1000 * timed(lambda: predict(example), repeats=repeats, warmup=2)
+
+
+def measure_variant(folder: Path, repeats: int = 20, threads: int = 0) -> dict[str, Any]:
+    """One table row: accuracy, parameters, file sizes and latencies of a variant folder."""
+    info = read_json(folder / "variant.json")
+    row: dict[str, Any] = {"mode": info["mode"], "format": info["format"], "dtype": info["dtype"]}
+    gpu_only = bool(info.get("apply")) and not torch.cuda.is_available()
+    if not gpu_only:
+        row.update(variants.evaluate_variant(folder))
+    row["parameters"] = parameter_count(folder)
+    main_file = folder / ("model.onnx" if info["format"] == "onnx" else "model.safetensors")
+    row.update(file_sizes(main_file))
+    if (folder / "model.onnx").is_file():
+        row.update({f"onnx_{k}": v for k, v in file_sizes(folder / "model.onnx").items()})
+    shape = _input_shape(folder)
+    onnx_file = folder / "model.onnx"
+    if onnx_file.is_file() and info["dtype"] in ("float32", "int8"):  # fp16 ONNX is for GPUs
+
+        runner = OnnxModel(onnx_file, threads=threads)
+        for batch in BATCHES:
+            x = torch.randn(batch, *shape).numpy()
+            row[f"ort_cpu_ms_b{batch}"] = latency_ms(runner.run_numpy, x, repeats)
+    if info["format"] == "torch" and not info.get("apply"):
+        predictor = variants.load_torch_variant(folder, info, "cpu")
+        for batch in BATCHES:
+            row[f"torch_cpu_ms_b{batch}"] = latency_ms(predictor, torch.randn(batch, *shape), repeats)
+    if torch.cuda.is_available() and info["format"] == "torch":
+        predictor = variants.load_torch_variant(folder, info, "cuda")
+        for batch in BATCHES:
+            x = torch.randn(batch, *shape, device="cuda")
+            row[f"torch_gpu_ms_b{batch}"] = latency_ms(predictor, x, repeats)
+    return row
+
+
+def _input_shape(folder: Path) -> tuple[int, ...]:
+    cfg = load_config(folder / "config.toml")
+    return load_splits(cfg.data, cfg.seed).input_shape
+
+
+__all__ = ["file_sizes", "measure_variant", "parameter_count"]

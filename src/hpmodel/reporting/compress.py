@@ -1,0 +1,95 @@
+"""The compression report: ratios against fp32, ``summary.json``, ``report.md`` and two
+plots (``matplotlib``, Agg backend).
+
+Example::
+
+    write_report("runs/compressed", rows, skipped={"fp8": "needs a GPU"})
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.pyplot as plt
+
+from hpmodel.kernel.files import atomic_write_bytes, write_json
+from hpmodel.kernel.timing import environment
+
+matplotlib.use("Agg")
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Size and speed relative to the fp32 row (when present): ``x_smaller``, ``x_faster_*``."""
+    base = next((r for r in rows if r["mode"] == "fp32"), None)
+    if base is None:
+        return
+    for row in rows:
+        row["x_smaller_gzip"] = base["gzip_bytes"] / row["gzip_bytes"]
+        if "test_accuracy" in row and "test_accuracy" in base:
+            row["accuracy_change"] = row["test_accuracy"] - base["test_accuracy"]
+        for key in ("ort_cpu_ms_b64", "torch_cpu_ms_b64"):
+            if key in row:
+                row[f"x_faster_{key.replace('_ms', '')}_vs_torch"] = base["torch_cpu_ms_b64"] / row[key]
+
+
+def write_report(out_dir: str | Path, rows: list[dict[str, Any]], skipped: dict[str, str] | None = None,
+                 title: str = "hpmodel compress") -> dict[str, Any]:
+    """Write ``summary.json``, ``report.md``, ``accuracy_vs_size.png`` and ``accuracy_vs_latency.png``."""
+    out_dir = Path(out_dir)
+    add_ratios(rows)
+    summary = {"environment": environment(), "variants": rows, "skipped": skipped or {}}
+    write_json(out_dir / "summary.json", summary)
+    atomic_write_bytes(out_dir / "report.md", markdown(rows, skipped or {}, title).encode())
+    plot(out_dir, rows)
+    return summary
+
+
+COLUMNS = ("mode", "format", "dtype", "test_accuracy", "parameters", "bytes", "gzip_bytes",
+           "ort_cpu_ms_b1", "ort_cpu_ms_b64", "torch_cpu_ms_b1", "torch_cpu_ms_b64",
+           "torch_gpu_ms_b1", "torch_gpu_ms_b64", "x_smaller_gzip")
+
+
+def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4f}" if value < 10 else f"{value:,.1f}"
+        return "–" if value is None else (f"{value:,}" if isinstance(value, int) else str(value))
+
+    env = environment()
+    lines = [f"# {title}", "", f"{env['date']} · torch {env['torch']} · {env['cpu_count']} CPUs · "
+             f"GPU: {env['gpu'] or 'none'}", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    lines += ["", "Latencies are median milliseconds per call; `ort` is ONNX Runtime (CPU), "
+              "`torch` is eager PyTorch. Sizes are of the variant's main file.", ""]
+    lines += [f"- skipped `{mode}`: {why}" for mode, why in skipped.items()]
+    lines += ["", "![accuracy vs size](accuracy_vs_size.png)", "",
+              "![accuracy vs latency](accuracy_vs_latency.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    scored = [r for r in rows if "test_accuracy" in r]
+    for name, key, label in (("accuracy_vs_size", "gzip_bytes", "gzip size (KiB)"),
+                             ("accuracy_vs_latency", "cpu_ms_b64", "CPU ms per batch of 64")):
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for row in scored:
+            value = (row[key] / 1024 if key == "gzip_bytes"
+                     else row.get("ort_cpu_ms_b64", row.get("torch_cpu_ms_b64")))
+            if value is None:
+                continue
+            axes.scatter(value, 100 * row["test_accuracy"])
+            axes.annotate(row["mode"], (value, 100 * row["test_accuracy"]), fontsize=8,
+                          xytext=(4, 4), textcoords="offset points")
+        axes.set_xlabel(label)
+        axes.set_ylabel("test accuracy (%)")
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(out_dir / f"{name}.png", dpi=120)
+        plt.close(figure)
+
+
+
+__all__ = ["add_ratios", "markdown", "write_report"]
