@@ -32,12 +32,13 @@ class DataConfig:
     name: str = "digits"  # digits | synthetic | npz | shards
     path: str = ""  # .npz file for name = "npz"
     shards: str = ""  # glob or fsspec URL of toolkit shards
+    test_shards: str = ""  # shards of the test split; "" = hold out test_fraction of data.shards
     batch_size: int = 64  # per replica, unless train.hold_global_batch
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     num_examples: int = 4096  # synthetic only
     shape: list = field(default_factory=lambda: [64])  # synthetic example shape
-    num_classes: int = 10  # synthetic only
+    num_classes: int = 10  # synthetic and shards (labels are not scanned)
     noise: float = 0.5  # synthetic only: class-overlap noise
     drop_remainder: bool = False
 

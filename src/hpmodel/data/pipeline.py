@@ -260,7 +260,9 @@ class Pipeline:
         if not isinstance(index, int) or not 0 <= index < num_shards:
             raise ValueError(f"shard index must be in [0, {num_shards}), got {index!r}: "
                              "pass the rank of this process")
-        return self._then(shard_pipeline(self._chain(), num_shards, index, mode))
+        sharded = self._then(shard_pipeline(self._chain(), num_shards, index, mode))
+        sharded._epoch = self._epoch  # the epoch set before sharding carries over
+        return sharded
 
     # --- iterating -----------------------------------------------------------------
     def __iter__(self) -> Iterator:
@@ -299,6 +301,17 @@ class Pipeline:
         finally:
             if hasattr(iterator, "close"):
                 iterator.close()
+
+    @property
+    def is_batched(self) -> bool:
+        """Whether elements are batches: a ``batch`` stage not undone by ``unbatch``.
+
+        Example::
+
+            from_tensors(x).batch(4).is_batched  # True
+        """
+        kinds = [n.kind for n in self._chain() if n.kind in ("batch", "unbatch")]
+        return bool(kinds) and kinds[-1] == "batch"
 
     def cardinality(self) -> int:
         """Number of elements per epoch; -1 if infinite, -2 if unknown.

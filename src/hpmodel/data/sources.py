@@ -29,11 +29,14 @@ def select_shard(n: int, num_shards: int, index: int, block: int | None) -> np.n
 
         select_shard(8, 2, 1, None)  # array([1, 3, 5, 7])
         select_shard(8, 2, 1, 2)     # array([2, 3, 6, 7])
+        select_shard(6, 2, 1, 2)     # array([2, 3, 5]): the partial batch [4, 5] splits evenly
     """
     pos = np.arange(n)
     if block is None:
         return pos[index::num_shards]
-    return pos[(pos // block) % num_shards == index]
+    full = n - n % (block * num_shards)  # the last, partial global batch is split evenly
+    mine = pos[:full][(pos[:full] // block) % num_shards == index]
+    return np.concatenate([mine, np.array_split(pos[full:], num_shards)[index]])
 
 
 def shard_position(k: int, num_shards: int, index: int, block: int | None) -> int:
@@ -60,7 +63,7 @@ def shard_count(n: int, num_shards: int, index: int, block: int | None) -> int:
     if block is None:
         return max(0, (n - index + num_shards - 1) // num_shards)
     full, rest = divmod(n, block * num_shards)
-    return full * block + min(block, max(0, rest - index * block))
+    return full * block + len(np.array_split(np.arange(rest), num_shards)[index])
 
 
 class IndexSource(Node):
@@ -161,6 +164,10 @@ class TensorSlicer:
             return self.tensors[0][i]
         row = tuple(t[i] for t in self.tensors)
         return dict(zip(self.keys, row)) if self.keys is not None else row
+
+    def gather(self, index: torch.Tensor) -> Any:
+        """Rows ``index`` of every tensor at once: what collating ``self(i)`` would give."""
+        return self(index)
 
 
 class _Returns:

@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from .core import INFINITE, Context, Node, drain, seeded_rng, timed_iter
 from .map_stage import MapNode
-from .sources import shard_count, shard_position
+from .sources import IndexSource, TensorSlicer, shard_count, shard_position
 
 clock = time.perf_counter
 
@@ -72,6 +72,9 @@ class BatchNode(Node):
         up = self.upstream
         if isinstance(up, MapNode) and up.use_processes and up.chunk_size is None:
             return up.iterate_batched(ctx, skip * self.batch_size, self)
+        if (isinstance(up, IndexSource) and isinstance(up.getter, TensorSlicer)
+                and self.collate is default_collate):
+            return self._gather(up, ctx, skip)
         inputs = self.upstream.iterate(ctx, skip * self.batch_size)
         return self._batch(inputs, self.stage(ctx))
 
@@ -84,6 +87,22 @@ class BatchNode(Node):
             t0 = clock()
             batch = collate(group)
             stage.add(clock() - t0)
+            yield batch
+
+    def _gather(self, source: IndexSource, ctx: Context, skip: int) -> Iterator:
+        """Fused ``from_tensors().batch()``: one indexed gather per batch instead of a
+        Python call per element and a collate (the same tensors, far fewer hops)."""
+        reads, stage = source.stage(ctx), self.stage(ctx)  # the gather is the source's read
+        size, getter = self.batch_size, source.getter
+        order = torch.from_numpy(source.order(ctx)[skip * size:])
+        for start in range(0, len(order), size):
+            index = order[start:start + size]
+            if self.drop_remainder and len(index) < size:
+                return
+            t0 = clock()
+            batch = getter.gather(index)
+            reads.add(clock() - t0, len(index))
+            stage.add(0.0)
             yield batch
 
     def cardinality(self) -> int:
@@ -290,4 +309,9 @@ class ShardNode(Node):
                 yield item
 
     def cardinality(self) -> int:
-        return shard_count(self.upstream.cardinality(), *self.spec)
+        n = self.upstream.cardinality()
+        num, index, block = self.spec
+        if n < 0 or block is None:
+            return shard_count(n, *self.spec)
+        full, rest = divmod(n, block * num)  # a stream deals its partial batch in blocks too
+        return full * block + min(block, max(0, rest - index * block))

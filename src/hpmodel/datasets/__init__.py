@@ -1,13 +1,17 @@
 """Embedded and file-backed data sets, all behind one small interface.
 
-``load_splits(config)`` returns train / validation / test tensors for the configured
+``load_splits(config)`` returns train / validation / test splits for the configured
 source: scikit-learn's bundled ``digits`` (no network), ``synthetic`` data generated
-from a seed, an ``.npz`` file, or toolkit shards (read through :mod:`hpmodel.data`).
+from a seed, an ``.npz`` file (tensors in memory), or toolkit shards. Shards are never
+read into memory: their splits are record numbers over a
+:class:`~hpmodel.data.record_table.RecordTable`, and every split yields an
+:mod:`hpmodel.data` pipeline through :meth:`Split.elements`.
 
 Example::
 
     splits = load_splits(DataConfig(name="digits"), seed=0)
     splits.train.x.shape  # torch.Size([1293, 1, 8, 8])
+    splits.train.elements().batch(64)
 """
 
 from __future__ import annotations
@@ -16,12 +20,25 @@ from dataclasses import dataclass
 
 import torch
 
-from hpmodel.datasets.sources import load_arrays, split_train_val
+from hpmodel.data import Pipeline, from_dataset, from_tensors, list_shards
+from hpmodel.data.record_table import RecordTable, Subset
+from hpmodel.datasets.sources import load_arrays, split_train_val, test_indices, val_indices
+from hpmodel.kernel.errors import ConfigError
+
+
+class Split:
+    """A split of examples ``(x, y)``: its size and an unbatched pipeline over them."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def elements(self) -> Pipeline:
+        raise NotImplementedError
 
 
 @dataclass
-class ArraySplit:
-    """Examples ``x`` (N, *shape) float32 and integer labels ``y`` (N,)."""
+class ArraySplit(Split):
+    """Examples ``x`` (N, *shape) float32 and integer labels ``y`` (N,), in memory."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -29,21 +46,59 @@ class ArraySplit:
     def __len__(self) -> int:
         return len(self.y)
 
+    def elements(self) -> Pipeline:
+        return from_tensors((self.x, self.y))
+
+
+class ExampleRecord:
+    """A shard record ``(x, y)`` as the tensors an ArraySplit holds: float32 x, int64 y."""
+
+    def __call__(self, record):
+        x, y = record[0], record[1]
+        return torch.as_tensor(x).float(), torch.as_tensor(y).long().reshape(())
+
+
+class RecordSplit(Split):
+    """Examples read from shards on demand (bounded memory): record numbers of a table.
+
+    Example::
+
+        split = RecordSplit(RecordTable(urls), range(100))
+        split.elements().shuffle(100, seed=0).batch(32)
+    """
+
+    def __init__(self, table: RecordTable, indices):
+        self.subset = Subset(table, indices, ExampleRecord())
+
+    def __len__(self) -> int:
+        return len(self.subset)
+
+    def elements(self) -> Pipeline:
+        return from_dataset(self.subset)
+
+    def first(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.subset[0]
+
 
 @dataclass
 class Splits:
-    train: ArraySplit
-    val: ArraySplit
-    test: ArraySplit
+    train: Split
+    val: Split
+    test: Split
     num_classes: int
+    shape: tuple[int, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        if isinstance(self.train, ArraySplit):
+            return tuple(self.train.x.shape[1:])
+        return self.shape
 
 
 def load_splits(config, seed: int = 0) -> Splits:
     """Load the data named by a :class:`~hpmodel.config.DataConfig` and split it deterministically."""
+    if config.name == "shards":
+        return shard_splits(config, seed)
     arrays = load_arrays(config, seed)
     x_train, y_train, x_val, y_val = split_train_val(
         arrays["x_train"], arrays["y_train"], config.val_fraction, seed
@@ -57,4 +112,44 @@ def load_splits(config, seed: int = 0) -> Splits:
     )
 
 
-__all__ = ["ArraySplit", "Splits", "load_splits"]
+def shard_splits(config, seed: int) -> Splits:
+    """Splits over ``data.shards`` records, streamed (only record offsets live in memory).
+
+    With ``data.test_shards`` the test split is those shards; otherwise a seeded
+    ``data.test_fraction`` of the records is held out, as for in-memory data.
+    ``data.num_classes`` gives the number of classes (labels are not scanned).
+    """
+    if not config.shards:
+        raise ConfigError("data.name = 'shards' needs data.shards: a glob or URL of shard files")
+    table = _table(config.shards, "data.shards")
+    if config.test_shards:
+        test_table = _table(config.test_shards, "data.test_shards")
+        test = RecordSplit(test_table, range(len(test_table)))
+        pool = torch.arange(len(table))
+    else:
+        test_idx, pool = test_indices(len(table), config.test_fraction, seed)
+        test = RecordSplit(table, test_idx.tolist())
+    val_pos, train_pos = val_indices(len(pool), config.val_fraction, seed)
+    train = RecordSplit(table, pool[train_pos].tolist())
+    val = RecordSplit(table, pool[val_pos].tolist())
+    x, _ = train.first()
+    return Splits(train=train, val=val, test=test, num_classes=config.num_classes,
+                  shape=tuple(x.shape))
+
+
+def _table(source: str, key: str) -> RecordTable:
+    try:
+        urls = list_shards(source)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    if any(url.endswith((".tar", ".tar.gz", ".tgz")) for url in urls):
+        raise ConfigError(f"{key} '{source}' names tar shards, which have no record index: "
+                          "write .shard files with 'hpmodel data write' for hpmodel train")
+    table = RecordTable(urls)
+    if len(table) == 0:
+        raise ConfigError(f"{key} '{source}' holds no records: write shards with "
+                          "'hpmodel data write'")
+    return table
+
+
+__all__ = ["ArraySplit", "RecordSplit", "Split", "Splits", "load_splits"]

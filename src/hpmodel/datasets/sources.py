@@ -12,15 +12,13 @@ import torch
 
 from hpmodel.kernel.errors import ConfigError
 from sklearn.datasets import load_digits
-from hpmodel.data import from_shards
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def load_arrays(config, seed: int) -> dict[str, torch.Tensor]:
     """Return ``x_train, y_train, x_test, y_test`` tensors for ``config.name``."""
-    loaders = {"digits": digits_arrays, "synthetic": synthetic_arrays, "npz": npz_arrays,
-               "shards": shard_arrays}
+    loaders = {"digits": digits_arrays, "synthetic": synthetic_arrays, "npz": npz_arrays}
     if config.name not in loaders:
         raise ConfigError(f"data.name = '{config.name}' is unknown: allowed values are "
                           f"{', '.join(loaders)}")
@@ -66,31 +64,26 @@ def npz_arrays(config, seed: int) -> dict[str, torch.Tensor]:
             for k, v in arrays.items()}
 
 
-def shard_arrays(config, seed: int) -> dict[str, torch.Tensor]:
-    """Read every record of ``data.shards`` (written by ``hpmodel data write``) into memory."""
-    if not config.shards:
-        raise ConfigError("data.name = 'shards' needs data.shards: a glob or URL of shard files")
-
-    xs, ys = [], []
-    for x, y in from_shards(config.shards):
-        xs.append(torch.as_tensor(x))
-        ys.append(torch.as_tensor(y))
-    if not xs:
-        raise ConfigError(f"data.shards '{config.shards}' holds no records")
-    return _split_test(torch.stack(xs).float(), torch.stack(ys).long().view(-1),
-                       config.test_fraction, seed)
-
-
 def _split_test(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, int(round(len(y) * fraction)))
-    test, train = order[:n_test], order[n_test:]
+    test, train = test_indices(len(y), fraction, seed)
     return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+
+
+def test_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(test, train)`` positions of ``n`` examples: a seeded random ``fraction`` held out."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(n * fraction)))
+    return order[:n_test], order[n_test:]
+
+
+def val_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(val, train)`` positions of ``n`` training examples (deterministic)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    n_val = int(round(n * fraction))
+    return order[:n_val], order[n_val:]
 
 
 def split_train_val(x, y, fraction: float, seed: int):
     """Hold out ``fraction`` of the training examples for validation (deterministic)."""
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1))
-    n_val = int(round(len(y) * fraction))
-    val, train = order[:n_val], order[n_val:]
+    val, train = val_indices(len(y), fraction, seed)
     return x[train], y[train], x[val], y[val]

@@ -9,7 +9,7 @@ Example::
     strategy = hm.get_strategy("mirrored", devices=2)
 """
 
-from hpmodel.strategies.base import Strategy
+from hpmodel.strategies.base import OwnsForwardBackward, ProfilesBatches, Strategy
 from hpmodel.strategies.central_storage import CentralStorage
 from hpmodel.strategies.mirrored import Mirrored
 from hpmodel.strategies.multi_worker import MultiWorker
@@ -20,7 +20,8 @@ from hpmodel.strategies.sharded import Sharded
 from hpmodel.strategies.registry import (available_strategies, get_strategy, register,
                                          registered_names, strategy_class)
 
-__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "PipelineParallel",
+__all__ = ["CentralStorage", "Mirrored", "MultiWorker", "OneDevice", "OwnsForwardBackward",
+           "PipelineParallel", "ProfilesBatches",
            "ProcessGroupStrategy",
            "Sharded", "Strategy", "available_strategies", "get_strategy", "register",
            "registered_names", "strategy_class"]

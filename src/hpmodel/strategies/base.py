@@ -29,6 +29,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from hpmodel.data import Batches
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.schema import make_config
 
 
@@ -80,6 +82,7 @@ class Strategy(abc.ABC):
 
     def distribute(self, data: Any) -> Any:
         """The part of ``data`` this process reads: ``data.shard(world_size, rank)`` when split."""
+        check_batches(data)
         if self.world_size == 1:
             return data
         return data.shard(self.world_size, self.rank, mode="batch")
@@ -127,6 +130,37 @@ class Strategy(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.names[0]} ({self.world_size} process{'es' if self.world_size > 1 else ''})"
+
+
+class OwnsForwardBackward(abc.ABC):
+    """Capability: the strategy runs forward and backward itself (pipeline parallelism).
+
+    The Trainer checks ``isinstance(strategy, OwnsForwardBackward)`` and hands it each
+    step's micro-batches instead of calling the model.
+    """
+
+    @abc.abstractmethod
+    def run_micro_batches(self, model: nn.Module, group: list, loss_fn: Callable, *,
+                          train: bool = True, scaler=None,
+                          context: Callable[[], Any] | None = None) -> torch.Tensor:
+        """Forward (and backward when ``train``) over ``group``; returns (loss·n, correct, n)."""
+
+
+class ProfilesBatches(abc.ABC):
+    """Capability: the strategy wants one sample batch before ``setup`` (to time its blocks)."""
+
+    @abc.abstractmethod
+    def set_sample_batch(self, batch: Any) -> None:
+        """Receive one global batch to profile the model on."""
+
+
+def check_batches(data: Any) -> None:
+    """Refuse, in one line, data that ``distribute`` cannot split (e.g. a torch DataLoader)."""
+    if not isinstance(data, Batches):
+        raise HpmodelError(f"strategy.distribute needs hpmodel.data batches, not a "
+                           f"{type(data).__name__}: wrap a torch Dataset as "
+                           "hm.data.from_dataset(dataset).batch(global_batch) (for a DataLoader: "
+                           "its .dataset), or pass tensors to Trainer.fit")
 
 
 def strategy_options(cls: type[Strategy], options: dict[str, Any]):

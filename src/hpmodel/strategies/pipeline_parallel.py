@@ -29,7 +29,8 @@ import torch.distributed as dist
 from torch import nn
 
 from hpmodel.kernel.errors import ConfigError, HpmodelError
-from hpmodel.strategies.base import build_optimizer
+from hpmodel.strategies.base import (OwnsForwardBackward, ProfilesBatches, build_optimizer,
+                                     check_batches)
 from hpmodel.strategies.partition import (balance, bounds_from_split_points, check_splittable,
                                           describe_plan, profile_blocks, shared_parameters_across)
 from hpmodel.strategies.process_group import ProcessGroupConfig, ProcessGroupStrategy
@@ -95,7 +96,7 @@ class WeightedLoss:
 
 
 @register
-class PipelineParallel(ProcessGroupStrategy):
+class PipelineParallel(ProcessGroupStrategy, OwnsForwardBackward, ProfilesBatches):
     """GPipe / 1F1B pipeline parallelism, optionally replicated for data parallelism.
 
     Example::
@@ -143,6 +144,7 @@ class PipelineParallel(ProcessGroupStrategy):
         return self.mesh.get_group("stage"), self.mesh.get_group("replica")
 
     def distribute(self, data: Any) -> Any:
+        check_batches(data)
         if self.num_replicas == 1:
             return data  # every stage reads the same batches; only the first uses x, the last y
         return data.shard(self.num_replicas, self.replica_index, mode="batch")

@@ -1,83 +1,60 @@
-"""Batches over in-memory tensors: shuffled per epoch, shardable, resumable.
+"""The one data contract of the Trainer: :class:`Batches`, and how any input becomes one.
 
-The order of epoch ``e`` is a pure function of ``(seed, e)``, and the position is the
-number of batches handed out, so resuming is exact. :mod:`hpmodel.data` pipelines follow
-the same protocol (``__len__``, ``set_epoch``, ``shard``, ``state_dict``), so the Trainer
-takes either.
+Tensors, an in-memory or shard-backed split, a torch ``Dataset`` and an
+:mod:`hpmodel.data` pipeline all become an ``hpmodel.data`` pipeline (one engine, one
+RNG): an unbatched one is shuffled (a full seeded permutation when it is indexable)
+and batched at the global batch size here; a batched one passes through as given.
+A ``torch.utils.data.DataLoader`` brings its own batching and sampler, so it is
+refused with one line that says what to pass instead.
 
 Example::
 
-    batches = TensorBatches((x, y), batch_size=64, seed=0)
+    batches = to_batches((x, y), batch_size=64, shuffle=True, seed=0)
     batches.set_epoch(3)
     for xb, yb in batches: ...
 """
 
 from __future__ import annotations
 
-import math
-from typing import Iterator, Sequence
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hpmodel.data import Batches, Pipeline, from_dataset, from_tensors
+from hpmodel.datasets import Split
+from hpmodel.kernel.errors import HpmodelError
+
+SHUFFLE_BUFFER = 10_000  # for streams of unknown length
 
 
-class TensorBatches:
-    """Mini-batches of ``tensors`` (equal first dimension), optionally shuffled."""
+def to_batches(data: Any, batch_size: int, *, shuffle: bool, seed: int,
+               drop_remainder: bool = False) -> Batches:
+    """``data`` as batches of ``batch_size`` (the global batch), shuffled by ``(seed, epoch)``."""
+    pipeline = as_pipeline(data)
+    if pipeline.is_batched:
+        return pipeline
+    if shuffle:
+        size = pipeline.cardinality()
+        pipeline = pipeline.shuffle(size if size > 0 else SHUFFLE_BUFFER, seed=seed)
+    return pipeline.batch(batch_size, drop_remainder=drop_remainder)
 
-    def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, drop_remainder: bool = False):
-        self.tensors = tuple(tensors)
-        if not self.tensors or any(len(t) != len(self.tensors[0]) for t in self.tensors):
-            raise ValueError("TensorBatches needs tensors with the same first dimension")
-        if batch_size < 1:
-            raise ValueError(f"batch_size = {batch_size} must be at least 1")
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_remainder = drop_remainder
-        self.epoch = 0
-        self.position = 0  # batches already handed out in this epoch
-        self.num_shards, self.shard_index = 1, 0
 
-    def __len__(self) -> int:
-        n = len(self.tensors[0])
-        return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s order and start it from the beginning."""
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def order(self) -> torch.Tensor:
-        n = len(self.tensors[0])
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = self.order()
-        while self.position < len(self):
-            start = self.position * self.batch_size
-            index = order[start:start + self.batch_size]
-            index = torch.tensor_split(index, self.num_shards)[self.shard_index]
-            self.position += 1
-            yield tuple(t[index] for t in self.tensors)
-        self.epoch, self.position = self.epoch + 1, 0
-
-    def shard(self, num_shards: int, index: int, mode: str = "batch") -> "TensorBatches":
-        """This rank's contiguous slice of every global batch (``mode="batch"``)."""
-        if mode != "batch":
-            raise ValueError("TensorBatches shards by batch only: use mode='batch'")
-        if not 0 <= index < num_shards:
-            raise ValueError(f"shard index {index} is outside [0, {num_shards})")
-        copy = TensorBatches(self.tensors, self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                             drop_remainder=self.drop_remainder)
-        copy.epoch, copy.position = self.epoch, self.position
-        copy.num_shards, copy.shard_index = num_shards, index
-        return copy
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.seed = int(state.get("seed", self.seed))
+def as_pipeline(data: Any) -> Pipeline:
+    """An ``hpmodel.data`` pipeline over ``data`` (see the module docstring)."""
+    if isinstance(data, Pipeline):
+        return data
+    if isinstance(data, Split):
+        return data.elements()
+    if isinstance(data, dict) and data and all(torch.is_tensor(t) for t in data.values()):
+        return from_tensors(data)
+    if isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
+        return from_tensors(tuple(data))
+    if isinstance(data, DataLoader):
+        raise HpmodelError("a torch DataLoader brings its own batching and sampler, which "
+                           "would break per-rank sharding and exact resume: pass its dataset "
+                           "(loader.dataset) or an hpmodel.data pipeline instead")
+    if isinstance(data, Dataset):
+        return from_dataset(data)
+    raise HpmodelError(f"cannot train on data of type {type(data).__name__}: give tensors "
+                       "(x, y) or a dict of tensors, a torch Dataset or an hpmodel.data pipeline")

@@ -24,15 +24,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from hpmodel.data import Pipeline
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.strategies import OneDevice
-from hpmodel.train.batches import TensorBatches
+from hpmodel.strategies import OneDevice, OwnsForwardBackward, ProfilesBatches
+from hpmodel.train.batches import Batches, to_batches
 from hpmodel.train.callbacks import CallbackList, EarlyStopping, ProgressBar, Timer
 from hpmodel.train.memory import offload_activations
 from hpmodel.train.precision import autocast, grad_scaler
 from hpmodel.train.seeding import seed_everything
 from hpmodel.train.state import TrainState
-from hpmodel.data import from_dataset
 
 
 @dataclass
@@ -50,8 +50,9 @@ class Trainer:
     """Runs training and evaluation under a strategy.
 
     ``batch_size`` is per replica (global = per replica × replicas, as in tf.distribute)
-    unless the strategy's ``hold_global_batch`` is set; it applies when data is given as
-    tensors. Pipelines (``hpmodel.data``) bring their own batching.
+    unless ``hold_global_batch`` is set, when it is the global batch split over replicas.
+    It applies to every unbatched input (tensors, splits, Datasets, unbatched pipelines);
+    a batched :mod:`hpmodel.data` pipeline brings its own batch (see :mod:`.batches`).
     """
 
     def __init__(self, strategy=None, *, precision: str = "fp32", grad_accum: int = 1,
@@ -59,7 +60,8 @@ class Trainer:
                  loss_fn: Callable | None = None, log_every_steps: int = 10,
                  progress: bool = True, max_steps: int = 0, early_stopping_patience: int = 0,
                  schedule: Callable | None = None, model_transform: Callable | None = None,
-                 offload_activations: bool = False):
+                 offload_activations: bool = False, hold_global_batch: bool = False,
+                 drop_remainder: bool = False):
         if grad_accum < 1:
             raise HpmodelError(f"grad_accum = {grad_accum} must be at least 1")
         self.strategy = strategy if strategy is not None else OneDevice()
@@ -77,6 +79,8 @@ class Trainer:
         self.schedule = schedule  # f(optimizer, total_steps) -> LR scheduler
         self.model_transform = model_transform  # f(model) -> model, before the strategy wraps it
         self.offload_activations = offload_activations  # keep saved activations in host memory
+        self.hold_global_batch = hold_global_batch
+        self.drop_remainder = drop_remainder
 
     # -- public verbs ---------------------------------------------------------------------
     def fit(self, model, optimizer, data, *, epochs: int = 1, val_data=None) -> FitResult:
@@ -144,13 +148,18 @@ class Trainer:
         model = model() if callable(model) and not isinstance(model, nn.Module) else model
         if self.model_transform is not None:
             model = self.model_transform(model)
-        profile = getattr(self.strategy, "set_sample_batch", None)
-        if profile is not None and not hasattr(data, "shard"):  # e.g. a pipeline times its blocks
-            profile(next(iter(self.as_batches(data, shuffle=False))))
+        batches = self.as_batches(data, shuffle=True)
+        if isinstance(self.strategy, ProfilesBatches) and not isinstance(data, Pipeline):
+            self.strategy.set_sample_batch(next(iter(self.as_batches(data, shuffle=False))))
         model, optimizer = self.strategy.setup(model, optimizer)
         model._hpmodel_setup = True
-        train_data = self.strategy.distribute(self.as_batches(data, shuffle=True))
-        steps_per_epoch = math.ceil(len(train_data) / self.grad_accum)
+        train_data = self.strategy.distribute(batches)
+        count = train_data.cardinality()
+        if count < 0 and not self.max_steps:
+            raise HpmodelError("the training data has no known length (a filter, repeat() or "
+                               "tar shards): set train.max_steps (Trainer(max_steps=N)) to say "
+                               "when training ends")
+        steps_per_epoch = math.ceil(count / self.grad_accum) if count >= 0 else self.max_steps
         total_steps = steps_per_epoch * epochs
         if self.max_steps:
             total_steps = min(total_steps, self.max_steps)
@@ -160,24 +169,13 @@ class Trainer:
                           train_data=train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
                           total_steps=total_steps)
 
-    def as_batches(self, data, shuffle: bool):
-        """Tensors, an ArraySplit or a torch Dataset → batches; pipelines pass through."""
-        if hasattr(data, "shard") and hasattr(data, "__iter__"):
-            return data
-        if hasattr(data, "x") and hasattr(data, "y"):
-            data = (data.x, data.y)
-        if isinstance(data, (tuple, list)) and all(torch.is_tensor(t) for t in data):
-            return TensorBatches(data, self.global_batch_size(), shuffle=shuffle, seed=self.seed)
-        if isinstance(data, torch.utils.data.Dataset):
-            pipeline = from_dataset(data)
-            if shuffle:
-                pipeline = pipeline.shuffle(len(data), seed=self.seed)
-            return pipeline.batch(self.global_batch_size())
-        raise HpmodelError(f"cannot train on data of type {type(data).__name__}: give tensors "
-                           "(x, y), a torch Dataset or an hpmodel.data pipeline")
+    def as_batches(self, data, shuffle: bool) -> Batches:
+        """Any accepted input as batches of the global batch size (:func:`.batches.to_batches`)."""
+        return to_batches(data, self.global_batch_size(), shuffle=shuffle, seed=self.seed,
+                          drop_remainder=self.drop_remainder and shuffle)
 
     def global_batch_size(self) -> int:
-        if getattr(self.strategy.config, "hold_global_batch", False):
+        if self.hold_global_batch:
             return self.batch_size
         return self.batch_size * self.strategy.num_replicas
 
@@ -231,10 +229,9 @@ class Trainer:
     def train_step(self, state: TrainState, group: list) -> torch.Tensor:
         """One optimizer step over ``group`` micro-batches, weighted so it equals one large batch."""
         device = state.strategy.device
-        run = getattr(state.strategy, "run_micro_batches", None)  # strategies owning fwd+bwd (pipeline)
         with offload_activations(device, enabled=self.offload_activations):
-            if run is not None:
-                sums = run(state.model, group, self.loss_fn, scaler=state.scaler,
+            if isinstance(state.strategy, OwnsForwardBackward):  # pipeline parallelism
+                sums = state.strategy.run_micro_batches(state.model, group, self.loss_fn, scaler=state.scaler,
                            context=lambda: autocast(self.precision, device))
             else:
                 sums = self.micro_batch_steps(state, group)
@@ -291,10 +288,11 @@ class Trainer:
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         with torch.no_grad(), autocast(self.precision, device):
-            run = getattr(self.strategy, "run_micro_batches", None)
+            owns = isinstance(self.strategy, OwnsForwardBackward)
             for batch in batches:
-                if run is not None:  # only a pipeline's last stage has logits: it sums, others add 0
-                    sums += run(model, [batch], self.loss_fn, train=False)
+                if owns:  # only a pipeline's last stage has logits: it sums, others add 0
+                    sums += self.strategy.run_micro_batches(model, [batch], self.loss_fn,
+                                                            train=False)
                     continue
                 x, y = (t.to(device, non_blocking=True) for t in batch[:2])
                 logits = model(x)
