@@ -29,32 +29,22 @@ def test_balance_is_the_exact_min_max_split():
         balance(LAYERS, 9)
 
 
-def partition_spread(blocks, x, stages):
-    """Profile, partition, then measure each stage (one module) with the same profiler."""
-    costs = profile_blocks(blocks, x, repeats=9)
-    bounds = balance([c.seconds for c in costs], stages)
-    assert "stage 0: blocks 0.." in describe_plan(bounds, costs)
-    stage_modules = [nn.Sequential(*blocks[a:b]) for a, b in zip(bounds, bounds[1:])]
-    seconds = [c.seconds for c in profile_blocks(stage_modules, x, repeats=9)]
-    return bounds, max(seconds) / min(seconds)
-
-
 @pytest.mark.parametrize("stages", [2, 4])
-def test_profiled_partition_gives_stages_within_25_percent(stages):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: timings on a shared 2-core machine vary less
-    try:
-        blocks, x = unequal_blocks(), torch.randn(128, 384)
-        # A burst of load from other processes can spoil one profile: the best of three counts.
-        attempts = []
-        for _ in range(3):
-            attempts.append(partition_spread(blocks, x, stages))
-            if attempts[-1][1] <= 1.25:
-                break
-        assert min(spread for _, spread in attempts) <= 1.25, attempts
-        naive = [nn.Sequential(*blocks[i * len(blocks) // stages:(i + 1) * len(blocks) // stages])
-                 for i in range(stages)]
-        naive_seconds = [c.seconds for c in profile_blocks(naive, x, repeats=5)]
-        assert max(naive_seconds) / min(naive_seconds) > 1.5  # the blocks really are unequal
-    finally:
-        torch.set_num_threads(threads)
+def test_partition_of_given_costs_balances_unequal_blocks(stages):
+    """On given costs (no timing: that lives in 'hpmodel bench pipeline'), the partition's
+    slowest stage is within 25% of its fastest, where the naive equal-count split is not."""
+    costs = [float(n) for n in LAYERS]  # block i costs LAYERS[i] units
+    bounds = balance(costs, stages)
+    per_stage = stage_costs(costs, bounds)
+    assert max(per_stage) / min(per_stage) <= 1.25, (bounds, per_stage)
+    naive = [len(LAYERS) * i // stages for i in range(stages + 1)]
+    naive_costs = stage_costs(costs, naive)
+    assert max(naive_costs) / min(naive_costs) > 1.5  # the blocks really are unequal
+
+
+def test_profiler_measures_every_block_and_the_plan_names_them():
+    blocks, x = unequal_blocks(width=32), torch.randn(8, 32)
+    costs = profile_blocks(blocks, x, repeats=2)
+    assert len(costs) == len(blocks) and all(c.seconds > 0 for c in costs)
+    bounds = balance([c.seconds for c in costs], 2)
+    assert "stage 0: blocks 0.." in describe_plan(bounds, costs)
