@@ -1,7 +1,7 @@
 """The floor plan, guarded: imports only go down, there are no import circles, and
 function-local imports are kept for the CLI's start-up time and optional extras.
 
-The floors (DESIGN.md): kernel < data < datasets, models < strategies, parameter_server
+The floors (DESIGN.md): kernel < data < datasets, models < parameter_server < strategies
 < config < train < compress, reporting < runs < bench < commands, cli. Within a package
 any import is allowed as long as there is no circle; packages on one floor do not import
 each other.
@@ -19,7 +19,8 @@ FLOORS = {
     "hpmodel.kernel": 0,
     "hpmodel.data": 1,
     "hpmodel.datasets": 2, "hpmodel.models": 2,
-    "hpmodel.strategies": 3, "hpmodel.parameter_server": 3,
+    "hpmodel.parameter_server": 2.5,  # its own runner; strategies name it in errors
+    "hpmodel.strategies": 3,
     "hpmodel.config": 4,
     "hpmodel.train": 5,
     "hpmodel": 5.5,  # the package facade: hm.Trainer, hm.get_strategy, hm.data

@@ -101,3 +101,33 @@ def test_evaluate_and_predict(digits):
 def test_missing_device_fails_clearly():
     with pytest.raises(HpmodelError, match="does not exist: this machine has 0 CUDA"):
         hm.get_strategy("one-device", device="cuda:3")
+
+
+def test_drop_remainder_drops_the_last_partial_training_batch():
+    x, y = torch.randn(100, 4), torch.randint(0, 2, (100,))
+    make = lambda: torch.nn.Linear(4, 2)  # noqa: E731
+    opt = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+    kept = hm.Trainer(batch_size=32, progress=False).fit(make, opt, (x, y), epochs=1)
+    dropped = hm.Trainer(batch_size=32, progress=False, drop_remainder=True).fit(make, opt, (x, y))
+    assert (kept.summary["steps"], dropped.summary["steps"]) == (4, 3)
+
+
+def test_data_of_unknown_length_needs_max_steps():
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    stream = hm.data.from_tensors((x, y)).filter(lambda e: True).batch(16)
+    make = lambda: torch.nn.Linear(4, 2)  # noqa: E731
+    opt = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+    with pytest.raises(hm.HpmodelError, match="train.max_steps"):
+        hm.Trainer(progress=False).fit(make, opt, stream)
+    result = hm.Trainer(progress=False, max_steps=3).fit(make, opt, stream.repeat())
+    assert result.summary["steps"] == 3
+
+
+def test_a_dataloader_is_one_clear_line():
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    with pytest.raises(hm.HpmodelError, match="loader.dataset"):
+        hm.Trainer(progress=False).fit(lambda: torch.nn.Linear(4, 2),
+                                       lambda p: torch.optim.SGD(p, lr=0.1), loader)
+    with pytest.raises(hm.HpmodelError, match="from_dataset"):
+        hm.get_strategy("one-device").distribute(loader)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpmodel.kernel.errors import ConfigError
+from hpmodel.parameter_server.config import NAMES as PARAMETER_SERVER_NAMES
 
 _REGISTRY: dict[str, type] = {}
 
@@ -17,6 +18,10 @@ def register(cls: type) -> type:
 
 
 def strategy_class(name: str) -> type:
+    if name in PARAMETER_SERVER_NAMES:
+        raise ConfigError(f"strategy '{name}' is the parameter server, its own runner rather "
+                          "than a Strategy: set strategy.name = 'parameter-server' in a config "
+                          "and run 'hpmodel train' (or hpmodel.runs.train.train_from_config)")
     if name not in _REGISTRY:
         raise ConfigError(f"strategy '{name}' is unknown: registered strategies are "
                           f"{', '.join(available_strategies())}")
