@@ -37,7 +37,6 @@ from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMeta
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_state_dict
 
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.kernel.files import atomic_write_bytes
 
 # Without a process group DCP warns on every call that it assumes one process: intended here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -175,7 +174,7 @@ def training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], Any]:
 
 def write_skeleton(folder: str | Path, skeleton: Any) -> None:
     """Write the JSON half of the state (rank 0; every rank's skeleton is the same)."""
-    atomic_write_bytes(Path(folder) / SKELETON, json.dumps(skeleton).encode())
+    (Path(folder) / SKELETON).write_text(json.dumps(skeleton))  # fsynced by the manifest writer
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], folder: str | Path, process_group=None) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.kernel.files import atomic_write_bytes, write_json
+from hpmodel.kernel.files import write_json
 from safetensors.torch import load_file, save
 
 FORMAT_VERSION = 2  # 2: non-tensor state as JSON (1 pickled it inside DCP)
@@ -182,8 +182,10 @@ def save_nested(folder: Path, stem: str, state: Any) -> None:
         return value
 
     skeleton = strip(state, "s")
-    atomic_write_bytes(folder / f"{stem}.safetensors", save(tensors))
-    atomic_write_bytes(folder / f"{stem}.json", json.dumps(skeleton).encode())
+    # Plain writes: the folder is new, and the manifest (written last, after an fsync of
+    # every file) is what makes a backup count; an fsync here would only stall the loop.
+    (folder / f"{stem}.safetensors").write_bytes(save(tensors))
+    (folder / f"{stem}.json").write_text(json.dumps(skeleton))
 
 
 def load_nested(folder: Path, stem: str) -> Any:
