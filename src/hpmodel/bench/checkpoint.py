@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from hpmodel.bench.common import write_results
@@ -53,11 +54,7 @@ class TorchSave(Callback):
 
 
 def dcp_stager():
-    """DCP's own stager, configured as its docs advise for this device (None before torch 2.9)."""
-    try:
-        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-    except ImportError:  # older torch: async_save stages with its default
-        return None
+    """DCP's own stager (torch ≥ 2.9), configured as its docs advise for this device."""
     cuda = torch.cuda.is_available()
     return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
                                         use_async_staging=cuda, use_non_blocking_copy=cuda))
@@ -76,9 +73,9 @@ class DcpAsyncSave(Callback):
             return
         self.drain()
         model_state, optim_state = get_state_dict(state.model, state.optimizer)
-        options = {"async_stager": self.stager} if self.stager is not None else {}
         response = dcp.async_save({"model": model_state, "optim": optim_state},
-                                  checkpoint_id=str(self.dir / f"step-{state.global_step}"), **options)
+                                  checkpoint_id=str(self.dir / f"step-{state.global_step}"),
+                                  async_stager=self.stager)
         staging = getattr(response, "staging_completion", None)
         if staging is not None:
             staging.result()  # training may change the tensors only after staging finished
@@ -91,8 +88,7 @@ class DcpAsyncSave(Callback):
 
     def on_train_end(self, state) -> None:
         self.drain()
-        if self.stager is not None:
-            self.stager.close()
+        self.stager.close()
 
 
 class Timed(Callback):
