@@ -62,8 +62,10 @@ def reference(data):
 
 
 def test_resume_after_crash_is_bit_identical(data, reference, tmp_path):
+    first = BackupAndRestore(tmp_path, every_steps=3)
     with pytest.raises(KeyboardInterrupt):
-        fit(data, [BackupAndRestore(tmp_path, every_steps=3), Crash(14)])  # mid-epoch 2
+        fit(data, [first, Crash(14)])  # mid-epoch 2
+    first.wait()  # manifests are sealed in a background thread, which a real crash kills too
     assert [p.name for p in step_folders(tmp_path)] == ["step-000000012", "step-000000010"]
     backup = BackupAndRestore(tmp_path, every_steps=3)
     resumed = fit(data, [backup])
@@ -74,8 +76,10 @@ def test_resume_after_crash_is_bit_identical(data, reference, tmp_path):
 
 
 def test_async_backups_resume_bit_identical(data, reference, tmp_path):
+    first = BackupAndRestore(tmp_path, every_steps=2, asynchronous=True)
     with pytest.raises(KeyboardInterrupt):
-        fit(data, [BackupAndRestore(tmp_path, every_steps=2, asynchronous=True), Crash(7)])
+        fit(data, [first, Crash(7)])
+    first.wait()
     resumed = fit(data, [BackupAndRestore(tmp_path, every_steps=2, asynchronous=True, keep=True)])
     assert_identical(resumed.state_dict, reference)
     assert tmp_path.exists()  # keep=True
@@ -83,8 +87,10 @@ def test_async_backups_resume_bit_identical(data, reference, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_newest_backup_is_reported_and_previous_used(data, reference, tmp_path, capfd, damage):
+    first = BackupAndRestore(tmp_path, every_steps=2)
     with pytest.raises(KeyboardInterrupt):
-        fit(data, [BackupAndRestore(tmp_path, every_steps=2), Crash(15)])
+        fit(data, [first, Crash(15)])
+    first.wait()
     newest = step_folders(tmp_path)[0]
     victim = max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size)
     payload = bytearray(victim.read_bytes())
@@ -106,8 +112,10 @@ def test_damaged_newest_backup_is_reported_and_previous_used(data, reference, tm
 
 
 def test_backup_of_another_model_is_refused(data, tmp_path):
+    first = BackupAndRestore(tmp_path, every_steps=2)
     with pytest.raises(KeyboardInterrupt):
-        fit(data, [BackupAndRestore(tmp_path, every_steps=2), Crash(3)])
+        fit(data, [first, Crash(3)])
+    first.wait()
     with pytest.raises(HpmodelError, match="different model or config .*model.1.weight"):
         fit(data, [BackupAndRestore(tmp_path, every_steps=2)], width=16)
     with pytest.raises(HpmodelError, match="differs in config.model.width"):

@@ -5,8 +5,11 @@ when training finishes (unless ``keep=True``). Unlike Keras, the resume is exact
 step: model, optimizer, LR schedule, grad scaler, counters, every random-number stream of
 every rank and the input pipeline's position are saved, so the resumed run takes the same
 steps on the same samples as a run that never stopped. ``torch.distributed.checkpoint``
-writes model and optimizer (:mod:`hpmodel.train.backup_dcp`); the folder format, checksums
-and manifest are in :mod:`hpmodel.train.backup_format`.
+writes model and optimizer (:mod:`hpmodel.train.backup_dcp`), with non-tensor state as JSON
+so that loading a backup never unpickles code; asynchronous backups block the loop only for
+a copy into reused host buffers (:mod:`hpmodel.train.backup_stage`); the folder format,
+checksums and manifest are in :mod:`hpmodel.train.backup_format`. A non-finite model is
+never backed up: the run stops naming the step and the last good backup stays.
 
 Example::
 
@@ -16,30 +19,42 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 import torch.distributed as dist
 
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.train.backup_dcp import load_model_state, model_fingerprint, save_model_state
-from hpmodel.train.backup_format import (check_world_size, find_backup, fingerprint_mismatch,
-                                         folder_name, load_nested, prune, save_nested, write_manifest)
+from hpmodel.train.backup_dcp import (check_dcp_folder, load_model_state, model_fingerprint,
+                                      save_tensors, training_state, write_skeleton)
+from hpmodel.train.backup_format import (MANIFEST, check_world_size, find_backup, fingerprint_mismatch,
+                                         folder_name, load_nested, prune, save_nested, step_folders,
+                                         write_manifest)
+from hpmodel.train.backup_stage import Stager, all_finite
 from hpmodel.train.callbacks import Callback
 from hpmodel.train.seeding import rng_state, set_rng_state
-import dataclasses
+
+LOAD_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError,
+               pickle.UnpicklingError)
 
 
 class BackupAndRestore(Callback):
     """Back up the whole training state every ``every_steps`` steps and/or every epoch;
     restore the newest valid backup when training begins.
 
-    ``asynchronous=True`` writes model and optimizer in a background thread
-    (``dcp.async_save``) so the loop continues; at most one write is in flight.
-    ``fingerprint`` (e.g. the resolved config) is stored and must match on resume.
+    ``asynchronous=True`` blocks the loop only while the state is copied into host buffers
+    reused across backups (pinned, on a side stream on GPU); writing, checksums and the
+    manifest run in a background thread, at most one backup in flight, and a failure there
+    stops the run at the next step. Synchronous backups serialise on the loop (no extra
+    host memory) and leave fsync and checksums to that thread. ``fingerprint`` (e.g. the
+    resolved config) is stored and must match on resume. When backups exist but none can
+    be loaded, the run stops, unless ``fresh_if_corrupt`` (then it starts over).
 
     Example::
 
@@ -48,17 +63,20 @@ class BackupAndRestore(Callback):
 
     def __init__(self, dir: str | Path, every_steps: int = 0, every_epoch: bool = True,
                  keep: bool = False, asynchronous: bool = False, fingerprint: dict | None = None,
-                 keep_last: int = 2):
+                 keep_last: int = 2, fresh_if_corrupt: bool = False):
         if every_steps < 0:
             raise HpmodelError(f"backup.every_steps = {every_steps} must be 0 (off) or more")
         self.dir = Path(dir)
         self.every_steps, self.every_epoch, self.keep = every_steps, every_epoch, keep
-        self.asynchronous = asynchronous
+        self.asynchronous, self.fresh_if_corrupt = asynchronous, fresh_if_corrupt
         self.user_fingerprint = fingerprint or {}
         self.keep_last = max(2, keep_last)  # the previous backup survives a corrupt newest one
         self.group = None  # a Gloo group of its own, so background writes never race training
-        self.pending: tuple[Any, threading.Thread | None] | None = None
+        self.stager = Stager() if asynchronous else None
+        self.pending: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.said_waiting = False
+        self.sealed: set[str] = set()  # folders this process verified: pruning need not rehash them
         self.restored_from: Path | None = None
         self.restored_step: int | None = None  # the optimizer step the run resumed after
         self.saves = 0
@@ -73,6 +91,7 @@ class BackupAndRestore(Callback):
         self.restore(state)
 
     def on_step_end(self, state, logs) -> None:
+        self.raise_background_error()  # an attribute read: no sync, no wait
         if self.every_steps and state.global_step % self.every_steps == 0:
             self.save(state)
 
@@ -94,7 +113,8 @@ class BackupAndRestore(Callback):
     def save(self, state, epoch_done: bool = False) -> Path:
         """Write a backup of ``state`` (every rank calls this at the same step);
         ``epoch_done``: the epoch's end (validation, history) has run too."""
-        self.wait()
+        self.wait(announce=True)
+        self.check_finite(state)
         folder = self.dir / folder_name(state.global_step)
         main = state.strategy.is_main
         if main:
@@ -106,46 +126,89 @@ class BackupAndRestore(Callback):
         counters = ({"epoch": state.epoch + 1, "step_in_epoch": 0, "global_step": state.global_step}
                     if epoch_done else state.counters())
         save_nested(folder, f"rank-{rank}", {"rng": rng_state(), "data": state.train_data.state_dict()})
+        tensors, skeleton = training_state(state.model, state.optimizer)
         if main:
             save_nested(folder, "trainer", {
                 "counters": counters, "history": state.history,
                 "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
                 "scaler": state.scaler.state_dict() if state.scaler is not None else None})
+            write_skeleton(folder, skeleton)
         info = {"global_step": state.global_step, "world_size": world, **{
             f"saved_{k}": v for k, v in counters.items()}}
-        future = save_model_state(state.model, state.optimizer, folder,
-                                  asynchronous=self.asynchronous, process_group=self.group)
-        finisher = None
-        if main:
-            finisher = threading.Thread(target=self._finish, args=(future, folder, info), daemon=True)
-            finisher.start()
-        self.pending = (future, finisher)
-        if not self.asynchronous:
-            self.wait()
+        if self.asynchronous:
+            staged, ready = self.stager.stage(tensors)  # the only part the loop waits for
+            self._in_background(self._write, staged, ready, folder, info, main)
+        else:
+            save_tensors(tensors, folder, process_group=self.group)
+            if main:
+                self._in_background(self._seal, folder, info)
         self.saves += 1
         return folder
 
-    def _finish(self, future, folder: Path, info: dict) -> None:
-        """Rank 0, after the write: checksum everything, write the manifest, drop old backups."""
+    def check_finite(self, state) -> None:
+        """Stop the run (HpmodelError naming the step) if any parameter or optimizer tensor
+        is NaN or infinite on any rank; one device sync per backup."""
+        tensors = list(state.model.parameters())
+        if isinstance(state.optimizer, torch.optim.Optimizer):
+            tensors += [v for slot in state.optimizer.state.values() for v in slot.values()
+                        if torch.is_tensor(v)]
+        finite = all_finite(tensors)
+        flag = state.extra.get("finite")  # an on-device loss flag, where the Trainer keeps one
+        if torch.is_tensor(flag):
+            finite = finite & flag.to(finite.device)
+        finite = torch.tensor([int(bool(finite))])
+        if dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=self.group)
+        if not finite.item():
+            kept = step_folders(self.dir)
+            raise HpmodelError(
+                f"the model became non-finite at step {state.global_step}: lower optimizer.lr, enable "
+                "train.clip_grad_norm, or use precision bf16/fp32 (no backup of it was written; "
+                + (f"the last good one, '{kept[0]}', is kept)" if kept else "none was written before)"))
+
+    def _in_background(self, work: Callable, *args: Any) -> None:
+        self.pending = threading.Thread(target=self._guard, args=(work, *args), daemon=True,
+                                        name="hpmodel-backup")
+        self.pending.start()
+
+    def _guard(self, work: Callable, *args: Any) -> None:
         try:
-            future.result()  # DCP's last collective means every rank's files are written
-            write_manifest(folder, self.fingerprint, info)
-            prune(self.dir, self.keep_last)
-        except BaseException as error:  # surfaced on the training thread by wait()
+            work(*args)
+        except BaseException as error:  # surfaced on the training thread at the next step
             self.error = error
 
-    def wait(self) -> None:
+    def _write(self, staged, ready, folder: Path, info: dict, main: bool) -> None:
+        """Background, every rank: wait for the copy, write with DCP, rank 0 seals."""
+        ready()
+        save_tensors(staged, folder, process_group=self.group)  # its last collective: all written
+        if main:
+            self._seal(folder, info)
+
+    def _seal(self, folder: Path, info: dict) -> None:
+        """Rank 0, after the write: fsync and checksum everything, write the manifest, prune."""
+        write_manifest(folder, self.fingerprint, info)
+        self.sealed.add(folder.name)
+        prune(self.dir, self.keep_last, known_good=self.sealed, check=check_dcp_folder)
+
+    def wait(self, announce: bool = False) -> None:
         """Block until the write in flight (if any) is complete; raise its error."""
         if self.pending is not None:
-            future, finisher = self.pending
-            future.result()
-            if finisher is not None:
-                finisher.join()
+            if announce and self.pending.is_alive() and not self.said_waiting:
+                self.said_waiting = True
+                print(f"hpmodel: the previous backup in '{self.dir}' is still being written; the next "
+                      "one waits for it (said once; a larger backup.every_steps avoids the wait)",
+                      file=sys.stderr, flush=True)
+            self.pending.join()
             self.pending = None
+        self.raise_background_error()
+
+    def raise_background_error(self) -> None:
         if self.error is not None:
             error, self.error = self.error, None
-            raise HpmodelError(f"writing a backup to '{self.dir}' failed ({error}): check free space "
-                               "and permissions of backup.dir") from error
+            if isinstance(error, HpmodelError):
+                raise error
+            raise HpmodelError(f"writing a backup to '{self.dir}' failed ({_first_line(error)}): check "
+                               "free space and permissions of backup.dir") from error
 
     # -- restore ----------------------------------------------------------------------------
     def restore(self, state) -> Path | None:
@@ -161,6 +224,19 @@ class BackupAndRestore(Callback):
         if folder is None:
             return None
         folder = Path(folder)
+        try:
+            self._load(state, folder)
+        except LOAD_ERRORS as error:
+            raise HpmodelError(f"backup '{folder}' cannot be loaded ({_first_line(error)}): delete that "
+                               "folder to resume from the one before it") from None
+        self.restored_from, self.restored_step = folder, state.global_step
+        self.sealed.add(folder.name)
+        if state.strategy.is_main:
+            print(f"hpmodel: resumed from backup '{folder}' (epoch {state.epoch + 1}, "
+                  f"step {state.global_step})", file=sys.stderr, flush=True)
+        return folder
+
+    def _load(self, state, folder: Path) -> None:
         load_model_state(state.model, state.optimizer, folder, process_group=self.group)
         trainer = load_nested(folder, "trainer")
         state.load_counters(trainer["counters"])
@@ -172,19 +248,14 @@ class BackupAndRestore(Callback):
         mine = load_nested(folder, f"rank-{state.strategy.rank}")
         state.train_data.load_state_dict(mine["data"])
         set_rng_state(mine["rng"])  # last: loading must not move any stream
-        self.restored_from, self.restored_step = folder, state.global_step
-        if state.strategy.is_main:
-            print(f"hpmodel: resumed from backup '{folder}' (epoch {state.epoch + 1}, "
-                  f"step {state.global_step})", file=sys.stderr, flush=True)
-        return folder
 
     def _choose(self) -> list[Any]:
         """Rank 0: [newest valid folder or None, error message or None]."""
-        folder, manifest, problems = find_backup(self.dir)
+        folder, manifest, problems = find_backup(self.dir, check=check_dcp_folder)
         for line in problems:
             print(f"hpmodel: {line}", file=sys.stderr, flush=True)
         if folder is None:
-            return [None, None]
+            return [None, self._all_unusable()]
         differences = fingerprint_mismatch(manifest.get("fingerprint", {}), self.fingerprint)
         if differences:
             return [None, f"backup directory '{self.dir}' belongs to a different model or config "
@@ -196,12 +267,33 @@ class BackupAndRestore(Callback):
             return [None, str(error)]
         return [str(folder), None]
 
+    def _all_unusable(self) -> str | None:
+        """No backup loads: an error if any was complete (corrupt, unsafe), else None (only
+        interrupted writes: start over). ``fresh_if_corrupt`` removes them and starts over."""
+        complete = [f for f in step_folders(self.dir) if (f / MANIFEST).is_file()]
+        if not complete:
+            return None
+        if self.fresh_if_corrupt:
+            for folder in step_folders(self.dir):
+                shutil.rmtree(folder, ignore_errors=True)
+            print(f"hpmodel: every backup in '{self.dir}' was corrupt; removed them and starting "
+                  "over (backup.fresh_if_corrupt)", file=sys.stderr, flush=True)
+            return None
+        return (f"every backup in '{self.dir}' is corrupt or unsafe to load ({len(complete)} refused, "
+                "reasons above): delete that directory, or set backup.fresh_if_corrupt = true to "
+                "start over")
+
     def _world_size(self) -> int:
         return dist.get_world_size() if dist.is_initialized() else 1
 
     def _barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier(group=self.group)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 # Settings that change neither the numbers nor the model: a resumed run may differ in them.

@@ -2,15 +2,17 @@
 
 Layout of ``DIR/step-000000012/``::
 
-    __0_0.distcp, .metadata     model + optimizer, written by torch.distributed.checkpoint
+    __0_0.distcp, .metadata     model + optimizer tensors, written by torch.distributed.checkpoint
+    state.json                  model + optimizer non-tensor leaves (lr, betas …), JSON
     trainer.json                counters, history, LR schedule, grad scaler (rank 0)
     rank-0.safetensors/.json    that rank's random-number streams and data position
     manifest.json               sha256 of every file above, fingerprint; written LAST
 
 A folder without a manifest is an interrupted write; a file whose sha256 differs from the
 manifest is corrupt. Either way the previous backup is used. Nothing here unpickles code:
-tensors are safetensors, the rest JSON, and DCP's pickled ``.metadata`` is read with
-torch's weights-only unpickler after its checksum matched.
+tensors are safetensors or DCP tensors, the rest JSON, and DCP's pickled ``.metadata`` is
+read with a restricted unpickler (:mod:`hpmodel.train.backup_dcp`). The checksums detect
+damage, not attacks (an attacker rewrites them); safety comes from the loaders.
 
 Example::
 
@@ -25,16 +27,17 @@ import json
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.kernel.files import atomic_write_bytes, write_json
+from hpmodel.kernel.files import write_json
 from safetensors.torch import load_file, save
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: non-tensor state as JSON (1 pickled it inside DCP)
 MANIFEST = "manifest.json"
 FOLDER = re.compile(r"^step-(\d+)$")
 
@@ -55,7 +58,7 @@ def step_folders(root: str | Path) -> list[Path]:
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(8 << 20), b""):  # hashlib frees the GIL per block
             digest.update(block)
     return digest.hexdigest()
 
@@ -65,11 +68,15 @@ def write_manifest(folder: Path, fingerprint: dict, info: dict) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST
                    and not p.name.startswith("."))
     files += [p for p in folder.iterdir() if p.name == ".metadata"]  # DCP's index
-    for path in files:  # the data must be on disk before the manifest says it is
-        with path.open("rb") as handle:
+
+    def seal(path: Path) -> dict:
+        with path.open("rb") as handle:  # the data must be on disk before the manifest says it is
             os.fsync(handle.fileno())
-    manifest = {"format": FORMAT_VERSION, "fingerprint": fingerprint, **info,
-                "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}}
+        return {"sha256": sha256(path), "bytes": path.stat().st_size}
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:  # one file per thread
+        entries = dict(zip([p.name for p in files], pool.map(seal, files)))
+    manifest = {"format": FORMAT_VERSION, "fingerprint": fingerprint, **info, "files": entries}
     write_json(folder / MANIFEST, manifest)
 
 
@@ -82,7 +89,12 @@ def verify(folder: Path) -> dict:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError:
         raise ValueError("manifest.json is not valid JSON") from None
-    for name, entry in manifest.get("files", {}).items():
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("manifest.json has no table of files")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(f"format {manifest.get('format')} is not {FORMAT_VERSION} (written by another "
+                         "hpmodel version; finish that run with it, or delete the backup)")
+    for name, entry in manifest["files"].items():
         path = folder / name
         if not path.is_file():
             raise ValueError(f"{name} is missing")
@@ -93,26 +105,49 @@ def verify(folder: Path) -> dict:
     return manifest
 
 
-def find_backup(root: str | Path) -> tuple[Path | None, dict, list[str]]:
-    """The newest backup under ``root`` that verifies, its manifest, and one line per newer
-    backup skipped (why)."""
+def find_backup(root: str | Path, check: Callable[[Path, dict], None] | None = None
+                ) -> tuple[Path | None, dict, list[str]]:
+    """The newest backup under ``root`` that verifies (and passes ``check(folder, manifest)``,
+    which raises ValueError), its manifest, and one line per newer backup skipped (why)."""
     problems = []
     for folder in step_folders(root):
         try:
-            return folder, verify(folder), problems
+            manifest = verify(folder)
+            if check is not None:
+                check(folder, manifest)
+            return folder, manifest, problems
         except (ValueError, OSError, KeyError, TypeError) as error:
             problems.append(f"backup '{folder}' skipped: {error}; trying the previous one")
     return None, {}, problems
 
 
-def prune(root: str | Path, keep_last: int = 2) -> None:
-    """Remove all but the ``keep_last`` newest complete backups, and any older partial ones."""
-    complete = 0
+def is_valid(folder: Path, check: Callable[[Path, dict], None] | None = None) -> bool:
+    try:
+        manifest = verify(folder)
+        if check is not None:
+            check(folder, manifest)
+        return True
+    except (ValueError, OSError, KeyError, TypeError):
+        return False
+
+
+def prune(root: str | Path, keep_last: int = 2, known_good: set[str] = frozenset(),
+          check: Callable[[Path, dict], None] | None = None) -> None:
+    """Keep the ``keep_last`` newest valid backups and whatever is newer than all of them;
+    remove the rest. Folders named in ``known_good`` count as valid without rehashing.
+
+    Example::
+
+        prune("ckpt/", keep_last=2, known_good={"step-000000012"})
+    """
+    valid = 0
     for folder in step_folders(root):
-        if complete >= keep_last:
+        if valid >= keep_last:
             shutil.rmtree(folder, ignore_errors=True)
-        elif (folder / MANIFEST).is_file():
-            complete += 1
+        elif folder.name in known_good or is_valid(folder, check):
+            valid += 1
+        elif valid:  # invalid and older than a valid backup: nothing would ever load it
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def fingerprint_mismatch(stored: dict, current: dict) -> list[str]:
@@ -147,8 +182,10 @@ def save_nested(folder: Path, stem: str, state: Any) -> None:
         return value
 
     skeleton = strip(state, "s")
-    atomic_write_bytes(folder / f"{stem}.safetensors", save(tensors))
-    atomic_write_bytes(folder / f"{stem}.json", json.dumps(skeleton).encode())
+    # Plain writes: the folder is new, and the manifest (written last, after an fsync of
+    # every file) is what makes a backup count; an fsync here would only stall the loop.
+    (folder / f"{stem}.safetensors").write_bytes(save(tensors))
+    (folder / f"{stem}.json").write_text(json.dumps(skeleton))
 
 
 def load_nested(folder: Path, stem: str) -> Any:
