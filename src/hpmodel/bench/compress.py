@@ -40,11 +40,15 @@ from hpmodel.config import ModelConfig, load_config
 from hpmodel.models import build_model, count_parameters
 from hpmodel.compress.variants import (CompressOptions, build_variant, evaluate_variant, fine_tune, load_source)
 import copy
-from hpmodel.runs.train import train_from_config
 from hpmodel.compress.measure import file_sizes
 import shutil
 from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights
 from hpmodel.compress import export, prune, quantize
+from hpmodel.datasets import load_splits
+from hpmodel.kernel.schema import to_toml
+from hpmodel.strategies import get_strategy
+from hpmodel.train.optim import optimizer_factory, schedule_factory
+from hpmodel.train.trainer import Trainer
 
 
 def relu_mlp(input_shape, num_classes: int, width: int = 64, depth: int = 2) -> nn.Sequential:
@@ -106,11 +110,26 @@ def _torchao_int8_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 # -- 2. gzip size of a sparse model --------------------------------------------------------
+def train_reference(cfg, out: Path) -> Path:
+    """Train ``cfg``'s model on one CPU device and write the two files ``load_source`` reads
+    (``config.toml``, ``model.safetensors``). The bench's reference models only need these,
+    so it does not go through the full run machinery (``hpmodel.runs.train``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.input_shape, splits.num_classes)
+    trainer = Trainer(strategy=get_strategy("one-device", device="cpu"), seed=cfg.seed,
+                      batch_size=cfg.data.batch_size, progress=False,
+                      schedule=schedule_factory(cfg.schedule))
+    result = trainer.fit(model, optimizer_factory(cfg.optimizer), splits.train, epochs=cfg.train.epochs)
+    atomic_write_bytes(out / "config.toml", to_toml(cfg.to_dict()).encode())
+    save_weights(out / "model.safetensors", result.model.state_dict())
+    return out
+
+
 def _train(out: Path, overrides: list[str], epochs: int) -> Path:
     base = ["train.progress=false", 'strategy.name="one-device"', 'strategy.device="cpu"',
             "data.batch_size=32", f"train.epochs={epochs}"]
-    train_from_config(load_config(None, base + overrides), out)
-    return out
+    return train_reference(load_config(None, base + overrides), out)
 
 
 def sparse_size_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
