@@ -3,9 +3,9 @@
 Four cases (GPU one skipped without CUDA):
 
 1. ``cpu-latency``: the digits CNN and a Linear-heavy MLP (256 → 3×1024 → 10, 2.4 M
-   parameters) at batch 1 and 64 on the CPU: eager PyTorch fp32 (the plain way), ONNX
-   Runtime fp32, ORT dynamic int8, ORT static int8 (QDQ); torchao's int8 dynamic config in
-   eager PyTorch too when not ``--quick``.
+   parameters) at batch 1 and 64 on the CPU: fp32 eager, fp32 torch.compile and ONNX
+   Runtime fp32 (the fastest is the baseline), ORT dynamic and static int8, torchao int8 +
+   torch.compile (compiled paths skipped with ``--quick``).
 2. ``sparse-size``: gzip size of an 80%-sparse digits MLP (scheduled magnitude pruning,
    stripped) against the dense one, in fp32 and in int8.
 3. ``qat-recovery``: a ReLU MLP whose hidden layers have two outlier units (×100 in, ÷100
