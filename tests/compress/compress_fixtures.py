@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from hpmodel.bench.compress import train_reference
 from hpmodel.compress.variants import load_source
 from hpmodel.config import load_config
-from hpmodel.runs.train import evaluate_run, train_from_config
+from hpmodel.runs.train import evaluate_run
 
 # width 512: weights dominate the file size, so int8 files can be ~4× smaller
 MLP_OVERRIDES = ['model.name="mlp"', "model.width=512", "model.depth=2", "optimizer.lr=0.001",
@@ -19,9 +20,7 @@ MLP_OVERRIDES = ['model.name="mlp"', "model.width=512", "model.depth=2", "optimi
 
 def train_mlp(out: Path, extra: list[str] = ()) -> Path:
     """Train the reference MLP (about 4 s on one CPU core) into ``out`` and return it."""
-    cfg = load_config(None, MLP_OVERRIDES + list(extra))
-    train_from_config(cfg, out)
-    return out
+    return train_reference(load_config(None, MLP_OVERRIDES + list(extra)), out)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from hpmodel.kernel.errors import HpmodelError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 OPSET = 17
+# metadata key of an ONNX file whose value (JSON) lists ORT session config entries the file
+# needs to run fast, e.g. {"session.disable_quant_qdq": "1"} for weight-only int8 convolutions
+SESSION_CONFIG_KEY = "hpmodel.ort_session_config"
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
@@ -54,6 +58,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
 def inference_session(path: str | Path, threads: int = 0):
     """An ONNX Runtime CPU session for ``path``; a missing, corrupt or foreign file is one clear error.
 
+    Session config entries the file records (:func:`set_session_config`) are applied.
+
     Example::
 
         session = inference_session("variant/model.onnx", threads=1)
@@ -68,11 +74,36 @@ def inference_session(path: str | Path, threads: int = 0):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    session = _open(ort, path, options)
+    wanted = session.get_modelmeta().custom_metadata_map.get(SESSION_CONFIG_KEY)
+    if not wanted:
+        return session
+    for key, value in json.loads(wanted).items():
+        options.add_session_config_entry(key, str(value))
+    return _open(ort, path, options)
+
+
+def _open(ort, path: Path, options):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/... classes
         raise HpmodelError(f"'{path}' is corrupt or not an ONNX model ({str(error)[:160]}): "
                            "run 'hpmodel compress' again to rewrite it") from None
+
+
+def set_session_config(model, entries: dict[str, str]) -> None:
+    """Record ORT session config ``entries`` in an ONNX model's metadata; :func:`inference_session`
+    applies them when it opens the file.
+
+    Example::
+
+        set_session_config(onnx_model, {"session.disable_quant_qdq": "1"})
+    """
+    kept = [p for p in model.metadata_props if p.key != SESSION_CONFIG_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SESSION_CONFIG_KEY, json.dumps(entries, sort_keys=True)
 
 
 class OnnxModel:
@@ -122,4 +153,4 @@ def check_torch_input(model_input_shape: tuple[int, ...], x: torch.Tensor, where
                            f"(batch, {', '.join(map(str, model_input_shape))}): reshape the input")
 
 
-__all__ = ["OnnxModel", "check_torch_input", "export_onnx", "inference_session"]
+__all__ = ["OnnxModel", "check_torch_input", "export_onnx", "inference_session", "set_session_config"]

@@ -57,14 +57,16 @@ def _numel(shape) -> int:
 
 
 def latency_ms(predict, example: torch.Tensor, repeats: int) -> float:
-    """Median milliseconds of one call on ``example`` (after warm-up)."""
-    return 1000 * timed(lambda: predict(example), repeats=repeats, warmup=2)
+    """Median milliseconds of one call on ``example`` after 10 warm-up calls (so batch 1 of
+    eager PyTorch is not a first-call artefact)."""
+    return 1000 * timed(lambda: predict(example), repeats=repeats, warmup=10)
 
 
 def measure_variant(folder: Path, repeats: int = 20, threads: int = 0) -> dict[str, Any]:
     """One table row: accuracy, parameters, file sizes and latencies of a variant folder."""
     info = read_json(folder / "variant.json")
     row: dict[str, Any] = {"mode": info["mode"], "format": info["format"], "dtype": info["dtype"]}
+    row.update({k: info[k] for k in ("weight_bytes", "fp32_weight_bytes", "x_smaller_weights") if k in info})
     gpu_only = bool(info.get("apply")) and not torch.cuda.is_available()
     if not gpu_only:
         row.update(variants.evaluate_variant(folder))

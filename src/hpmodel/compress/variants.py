@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.compress import export, prune, quantize
+from hpmodel.compress import export, onnx_graph, prune, quantize
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.files import load_weights, read_json, save_weights, write_json
 from hpmodel.datasets import load_splits
@@ -161,8 +161,14 @@ def _onnx_fp32(source, model, folder) -> Path:
 def _dynamic_int8(source, options, folder):
     fp32 = _onnx_fp32(source, source.model, folder)
     quantize.quantize_onnx_dynamic(fp32, folder / "model.onnx")
+    return {"format": "onnx", "dtype": "int8", **_weight_sizes(fp32, folder / "model.onnx")}
+
+
+def _weight_sizes(fp32: Path, int8: Path) -> dict[str, Any]:
+    """Initializer bytes of the int8 file and of the fp32 export it came from (then deleted)."""
+    sizes = {"weight_bytes": onnx_graph.weight_bytes(int8), "fp32_weight_bytes": onnx_graph.weight_bytes(fp32)}
     fp32.unlink()
-    return {"format": "onnx", "dtype": "int8"}
+    return {**sizes, "x_smaller_weights": sizes["fp32_weight_bytes"] / sizes["weight_bytes"]}
 
 
 def _static(source, model, options, folder):
@@ -170,8 +176,8 @@ def _static(source, model, options, folder):
     batches = quantize.calibration_batches(source.splits.train.x, options.calibration_batches,
                                            options.calibration_batch_size)
     quantize.quantize_onnx_static(fp32, folder / "model.onnx", batches, options.calibration_method)
-    fp32.unlink()
-    return {"format": "onnx", "dtype": "int8", "calibration_batches": len(batches),
+    return {"format": "onnx", "dtype": "int8", **_weight_sizes(fp32, folder / "model.onnx"),
+            "calibration_batches": len(batches),
             "calibration_method": options.calibration_method}
 
 

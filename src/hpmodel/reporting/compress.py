@@ -21,7 +21,10 @@ matplotlib.use("Agg")
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Size and speed relative to the fp32 row (when present): ``x_smaller``, ``x_faster_*``."""
+    """Size and speed relative to the fp32 row (when present): ``x_smaller_gzip``,
+    ``x_smaller_weights`` (initializer bytes of int8 files against their fp32 export) and
+    ``x_faster_vs_fastest_fp32_b{1,64}``: the fastest fp32 CPU path (ORT or PyTorch eager)
+    divided by the row's own fastest CPU path, at the same batch."""
     base = next((r for r in rows if r["mode"] == "fp32"), None)
     if base is None:
         return
@@ -29,9 +32,16 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         row["x_smaller_gzip"] = base["gzip_bytes"] / row["gzip_bytes"]
         if "test_accuracy" in row and "test_accuracy" in base:
             row["accuracy_change"] = row["test_accuracy"] - base["test_accuracy"]
-        for key in ("ort_cpu_ms_b64", "torch_cpu_ms_b64"):
-            if key in row:
-                row[f"x_faster_{key.replace('_ms', '')}_vs_torch"] = base["torch_cpu_ms_b64"] / row[key]
+        for batch in (1, 64):
+            fastest = _fastest_cpu_ms(base, batch)
+            own = _fastest_cpu_ms(row, batch)
+            if fastest and own:
+                row[f"x_faster_vs_fastest_fp32_b{batch}"] = fastest / own
+
+
+def _fastest_cpu_ms(row: dict[str, Any], batch: int) -> float | None:
+    times = [row[k] for k in (f"ort_cpu_ms_b{batch}", f"torch_cpu_ms_b{batch}") if k in row]
+    return min(times) if times else None
 
 
 def write_report(out_dir: str | Path, rows: list[dict[str, Any]], skipped: dict[str, str] | None = None,
@@ -48,7 +58,8 @@ def write_report(out_dir: str | Path, rows: list[dict[str, Any]], skipped: dict[
 
 COLUMNS = ("mode", "format", "dtype", "test_accuracy", "parameters", "bytes", "gzip_bytes",
            "ort_cpu_ms_b1", "ort_cpu_ms_b64", "torch_cpu_ms_b1", "torch_cpu_ms_b64",
-           "torch_gpu_ms_b1", "torch_gpu_ms_b64", "x_smaller_gzip")
+           "torch_gpu_ms_b1", "torch_gpu_ms_b64", "x_smaller_gzip", "x_smaller_weights",
+           "x_faster_vs_fastest_fp32_b1", "x_faster_vs_fastest_fp32_b64")
 
 
 def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str) -> str:
@@ -63,7 +74,10 @@ def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str) ->
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
     lines += ["", "Latencies are median milliseconds per call; `ort` is ONNX Runtime (CPU), "
-              "`torch` is eager PyTorch. Sizes are of the variant's main file.", ""]
+              "`torch` is eager PyTorch. Sizes are of the variant's main file; `x_smaller_weights` "
+              "compares initializer bytes with the fp32 export. Speed ratios are against the "
+              "fastest fp32 CPU path of this run (ORT or eager; `hpmodel bench compress` adds "
+              "torch.compile and torchao).", ""]
     lines += [f"- skipped `{mode}`: {why}" for mode, why in skipped.items()]
     lines += ["", "![accuracy vs size](accuracy_vs_size.png)", "",
               "![accuracy vs latency](accuracy_vs_latency.png)", ""]
