@@ -37,7 +37,7 @@ def _convnet(config, input_shape, num_classes, spatial_dims: int) -> nn.Sequenti
     shape = as_channels_first(fed, spatial_dims)
     require_reference_layout(name, config, input_shape, shape)
     blocks: list[nn.Module] = [ChannelsFirst(), Reshape(*shape)] if channels_last else [Reshape(*shape)]
-    channels, size = shape[0], shape[-1]
+    channels, size = shape[0], min(shape[1:])  # pool while every spatial axis is long enough
     for index in range(config.depth):
         out = config.width * (2 ** min(index, 2))
         layers = [conv(channels, out, kernel, padding=kernel // 2), nn.ReLU()]
