@@ -49,7 +49,7 @@ def allot(minimum: list[int], natural: list[int], width: int) -> list[int]:
 
     The space left after the minimums goes, one character at a time, to the column
     furthest (relatively) from its natural width, so short columns are never wrapped
-    while a long one can be. Example: ``allot([4, 7], [4, 40], 30)`` → ``[4, 20]``.
+    while a long one can be. Example: ``allot([4, 7], [4, 40], 30)`` → ``[4, 19]``.
     """
     widths = list(minimum)
     spare = width - 1 - sum(w + BORDER for w in widths)
