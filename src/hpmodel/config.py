@@ -29,79 +29,80 @@ from hpmodel.strategies.registry import available_strategies, registered_names, 
 class DataConfig:
     """Where the examples come from and how they are batched."""
 
-    name: str = "digits"  # digits | synthetic | npz | shards
+    name: str = "digits"  # digits | synthetic | npz | shards: where the examples come from
     path: str = ""  # .npz file for name = "npz"
     shards: str = ""  # glob or fsspec URL of toolkit shards
     test_shards: str = ""  # shards of the test split; "" = hold out test_fraction of data.shards
     batch_size: int = 64  # per replica, unless train.hold_global_batch
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    num_examples: int = 4096  # synthetic only
+    val_fraction: float = 0.1  # share of the training split held out for validation
+    test_fraction: float = 0.2  # share of the examples kept for the test split
+    num_examples: int = 4096  # synthetic only: examples to generate
     shape: list = field(default_factory=lambda: [64])  # synthetic example shape
-    num_classes: int = 10  # synthetic and shards (labels are not scanned)
+    num_classes: int = 10  # synthetic and shards: number of classes (labels are not scanned)
     noise: float = 0.5  # synthetic only: class-overlap noise
-    drop_remainder: bool = False
+    drop_remainder: bool = False  # drop the last training batch of an epoch when it is short
 
 
 @dataclass
 class ModelConfig:
     """Which model, and its size. Keys that a model does not use are ignored by it."""
 
-    name: str = "cnn"  # mlp | cnn | cnn1d | transformer
+    name: str = "cnn"  # mlp | cnn | cnn1d | transformer: the reference model (docs/models.md)
     target: str = ""  # "package.module:function", called with (input_shape, num_classes, **options)
     width: int = 64  # hidden units (mlp), channels (cnn), model dim (transformer)
-    depth: int = 2  # hidden layers / conv blocks / encoder layers
+    depth: int = 2  # hidden layers / conv blocks / encoder layers; 0: a linear model
     heads: int = 4  # transformer attention heads
-    dropout: float = 0.0
-    options: dict = field(default_factory=dict)  # passed to model.target
+    dropout: float = 0.0  # dropout probability after each block
+    options: dict = field(default_factory=dict)  # passed to model.target; reference models read channels_last
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # sgd | adamw
-    lr: float = 3e-3
+    name: str = "adamw"  # sgd | adamw: the torch.optim optimizer
+    lr: float = 3e-3  # peak learning rate
     momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    nesterov: bool = False
+    weight_decay: float = 0.0  # weight decay (decoupled for adamw, L2 for sgd)
+    nesterov: bool = False  # sgd only: Nesterov momentum
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"  # constant | cosine
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
+    name: str = "constant"  # constant | cosine: learning-rate shape after warm-up
+    warmup_steps: int = 0  # optimizer steps of linear warm-up from 0
+    min_lr_ratio: float = 0.0  # cosine: final learning rate as a share of optimizer.lr
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    max_steps: int = 0  # 0: no limit
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    grad_accum: int = 1
-    clip_grad_norm: float = 0.0  # 0: off
-    early_stopping_patience: int = 0  # 0: off
-    log_every_steps: int = 10
-    recompute: str = "none"  # none | all | every-2 | every-k
-    offload_activations: bool = False
+    epochs: int = 10  # passes over the training split
+    max_steps: int = 0  # stop after this many optimizer steps; 0: no limit
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype (fp16 adds a grad scaler)
+    grad_accum: int = 1  # batches per optimizer step (gradient accumulation)
+    clip_grad_norm: float = 0.0  # clip the gradient norm to this; 0: off
+    early_stopping_patience: int = 0  # epochs without a better val_loss before stopping; 0: off
+    log_every_steps: int = 10  # optimizer steps between step metrics (loss, examples/s) in logs and progress
+    recompute: str = "none"  # none | all | every-2 | every-k: blocks recomputed in backward
+    offload_activations: bool = False  # keep saved activations in host memory (save_on_cpu)
     inject_kill: list = field(default_factory=list)  # [rank, step]: SIGKILL once (chaos testing)
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal, a plain line every 10 s otherwise
     hold_global_batch: bool = False  # true: data.batch_size is the global batch, split over replicas
 
 
 @dataclass
 class BackupConfig:
-    dir: str = ""  # empty: no backups
-    every_steps: int = 0
-    every_epoch: bool = True
-    keep: bool = False
+    dir: str = ""  # where backups go; empty: no backups
+    every_steps: int = 0  # back up every this many optimizer steps; 0: off
+    every_epoch: bool = True  # back up at the end of each epoch
+    keep: bool = False  # keep the backup after the run finishes
     asynchronous: bool = False  # write model + optimizer in a background thread (dcp.async_save)
+    fresh_if_corrupt: bool = False  # start from scratch when every backup is corrupt (else stop)
 
 
 @dataclass
 class RunConfig:
     """A whole run: the TOML file's top level."""
 
-    seed: int = 0
+    seed: int = 0  # seeds data splits, shuffling and initialisation
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -204,12 +205,13 @@ def _check_ranges(cfg: RunConfig) -> None:
         "data.batch_size": cfg.data.batch_size,
         "train.grad_accum": cfg.train.grad_accum,
         "model.width": cfg.model.width,
-        "model.depth": cfg.model.depth,
         "model.heads": cfg.model.heads,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} = {value} must be at least 1")
+    if cfg.model.depth < 0:
+        raise ConfigError(f"model.depth = {cfg.model.depth} must be 0 (a linear model) or more")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr = {cfg.optimizer.lr} must be positive")
     if cfg.train.epochs < 1 and cfg.train.max_steps < 1:

@@ -3,7 +3,9 @@ activation recomputation can split them at block boundaries.
 
 ``build_model(config, input_shape, num_classes)`` builds ``mlp``, ``cnn``, ``cnn1d`` or
 ``transformer`` sized by the config, or calls ``model.target = "pkg.module:function"``
-with ``(input_shape, num_classes, **model.options)``.
+with ``(input_shape, num_classes, **model.options)``. Each reference model carries its
+:class:`~hpmodel.models.shapes.InputSpec` as ``model.expected_input``; ``check_input(model,
+batch)`` stops a batch of the wrong shape with one line (docs/models.md lists the shapes).
 
 Example::
 
@@ -19,6 +21,7 @@ from torch import nn
 from hpmodel.kernel.errors import ConfigError
 from hpmodel.models.convnets import cnn, cnn1d
 from hpmodel.models.mlp import mlp
+from hpmodel.models.shapes import InputSpec, ReferenceOptions, check_input, expected_input
 from hpmodel.models.transformer import transformer
 
 BUILDERS = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "transformer": transformer}
@@ -55,4 +58,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["BUILDERS", "build_model", "count_parameters"]
+__all__ = ["BUILDERS", "InputSpec", "ReferenceOptions", "build_model", "check_input", "count_parameters",
+           "expected_input"]

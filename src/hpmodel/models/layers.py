@@ -22,6 +22,13 @@ class Reshape(nn.Module):
         return f"shape={self.shape}"
 
 
+class ChannelsFirst(nn.Module):
+    """Move the last axis (channels) to the front of each example: ``(B, *S, C) -> (B, C, *S)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.movedim(-1, 1)
+
+
 def as_channels_first(input_shape: tuple[int, ...], spatial_dims: int) -> tuple[int, ...]:
     """The (C, *spatial) shape a conv net sees for an example of ``input_shape``.
 

@@ -6,9 +6,13 @@ import math
 
 from torch import nn
 
+from hpmodel.models.shapes import InputSpec
+
 
 def mlp(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
-    """Flatten → depth × (Linear, GELU, Dropout) → Linear. Each hidden layer is one block."""
+    """Flatten → depth × (Linear, GELU, Dropout) → Linear. Each hidden layer is one block.
+
+    ``depth = 0`` is a linear model: multinomial logistic regression on the flat features."""
     blocks: list[nn.Module] = [nn.Flatten()]
     width_in = math.prod(input_shape)
     for _ in range(config.depth):
@@ -16,4 +20,6 @@ def mlp(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential
                                     nn.Dropout(config.dropout)))
         width_in = config.width
     blocks.append(nn.Linear(width_in, num_classes))
-    return nn.Sequential(*blocks)
+    model = nn.Sequential(*blocks)
+    model.expected_input = InputSpec("mlp", tuple(input_shape), ("features",), (math.prod(input_shape),))
+    return model

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hpmodel.models.layers import Reshape
+from hpmodel.models.shapes import InputSpec
 from hpmodel.kernel.errors import ConfigError
 
 
@@ -64,7 +65,10 @@ def transformer(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Se
             config.width, config.heads, dim_feedforward=4 * config.width,
             dropout=config.dropout, activation="gelu", batch_first=True, norm_first=True))
     blocks.append(MeanPoolHead(config.width, num_classes))
-    return nn.Sequential(*blocks)
+    model = nn.Sequential(*blocks)
+    model.expected_input = InputSpec("transformer", tuple(input_shape), ("tokens", "features"),
+                                     (length, features))
+    return model
 
 
 class _RowsAsTokens(nn.Module):

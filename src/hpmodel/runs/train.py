@@ -56,6 +56,7 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
         callbacks.append(BackupAndRestore(cfg.backup.dir, every_steps=cfg.backup.every_steps,
                                           every_epoch=cfg.backup.every_epoch, keep=cfg.backup.keep,
                                           asynchronous=cfg.backup.asynchronous,
+                                          fresh_if_corrupt=cfg.backup.fresh_if_corrupt,
                                           fingerprint=config_fingerprint(cfg)))
     if cfg.train.inject_kill:
         rank, step = cfg.train.inject_kill

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
+
 from tqdm.auto import tqdm
 
 
@@ -114,35 +116,85 @@ class MetricsLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with rate, ETA and the latest loss (main process only)."""
+    """Progress of the main process: a tqdm bar per epoch on a terminal, plain lines elsewhere.
 
-    def __init__(self):
+    When ``stream`` (default ``sys.stdout``, looked up at use) is not a terminal — a log
+    file, a pipe, CI — a bar would write hundreds of carriage-return frames, so instead one
+    line is printed every ``every_s`` seconds of ``clock``:
+    ``epoch 1/10  step 120/300  loss 0.4123  12.3 steps/s  1,234 ex/s  ETA 0:15``.
+
+    Example::
+
+        Trainer(callbacks=[ProgressBar(every_s=30)])       # a line every 30 s in a log
+        ProgressBar(stream=io.StringIO(), clock=fake_clock)  # as the tests drive it
+    """
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stream, self.every_s, self.clock = stream, every_s, clock
         self.bar = None
-        self.started = 0.0
+        self.lines = False  # plain-line mode for this epoch
+        self.started = self.last_line = 0.0
+        self.first_step = 0
+        self.last_logs: dict[str, Any] = {}
+
+    @property
+    def out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stdout
+
+    def interactive(self) -> bool:
+        """A terminal (or a Jupyter kernel, where tqdm draws a widget)."""
+        isatty = getattr(self.out, "isatty", None)
+        return bool(isatty and isatty()) or type(self.out).__module__.startswith("ipykernel")
 
     def on_epoch_begin(self, state) -> None:
         if not state.strategy.is_main:
             return
-
-        self.bar = tqdm(total=state.steps_per_epoch, initial=state.step_in_epoch,
-                        desc=f"epoch {state.epoch + 1}/{state.epochs}", unit="step",
-                        dynamic_ncols=True, leave=False)
+        self.lines = not self.interactive()
+        self.started = self.last_line = self.clock()
+        self.first_step, self.last_logs = state.step_in_epoch, {}
+        if not self.lines:
+            self.bar = tqdm(total=state.steps_per_epoch, initial=state.step_in_epoch,
+                            desc=f"epoch {state.epoch + 1}/{state.epochs}", unit="step",
+                            dynamic_ncols=True, leave=False, file=self.out)
 
     def on_step_end(self, state, logs) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
         if logs:
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_s=f"{logs['examples_per_second']:.0f}")
+            self.last_logs = logs
+        if self.bar is not None:
+            self.bar.update(1)
+            if logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_s=f"{logs['examples_per_second']:.0f}")
+        elif self.lines and state.strategy.is_main and self.clock() - self.last_line >= self.every_s:
+            self.last_line = self.clock()
+            print(self.progress_line(state), file=self.out, flush=True)
+
+    def progress_line(self, state) -> str:
+        """``epoch E/N  step S/T  loss L  R steps/s  X ex/s  ETA m:ss`` (fields known so far)."""
+        done = state.step_in_epoch - self.first_step
+        rate = done / max(self.clock() - self.started, 1e-9)
+        parts = [f"epoch {state.epoch + 1}/{state.epochs}",
+                 f"step {state.step_in_epoch}/{state.steps_per_epoch}"]
+        if "loss" in self.last_logs:
+            parts.append(f"loss {self.last_logs['loss']:.4f}")
+        parts.append(f"{rate:.1f} steps/s")
+        if "examples_per_second" in self.last_logs:
+            parts.append(f"{self.last_logs['examples_per_second']:,.0f} ex/s")
+        if rate > 0:
+            left = int(round(max(state.steps_per_epoch - state.step_in_epoch, 0) / rate))
+            parts.append(f"ETA {left // 60}:{left % 60:02d}")
+        return "  ".join(parts)
 
     def on_epoch_end(self, state, logs) -> None:
-        if self.bar is None:
+        if not state.strategy.is_main:
             return
-        self.bar.close()
-        self.bar = None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.lines = False
         shown = {k: v for k, v in logs.items() if isinstance(v, float)}
         text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        print(f"epoch {state.epoch + 1}/{state.epochs}  {text}", flush=True)
+        print(f"epoch {state.epoch + 1}/{state.epochs}  {text}", file=self.out, flush=True)
 
 
 class Timer(Callback):

@@ -26,6 +26,7 @@ from torch import nn
 
 from hpmodel.data import Pipeline
 from hpmodel.kernel.errors import HpmodelError
+from hpmodel.models import check_input
 from hpmodel.strategies import OneDevice, OwnsForwardBackward, ProfilesBatches
 from hpmodel.train.batches import Batches, to_batches
 from hpmodel.train.callbacks import CallbackList, EarlyStopping, ProgressBar, Timer
@@ -149,8 +150,11 @@ class Trainer:
         if self.model_transform is not None:
             model = self.model_transform(model)
         batches = self.as_batches(data, shuffle=True)
-        if isinstance(self.strategy, ProfilesBatches) and not isinstance(data, Pipeline):
-            self.strategy.set_sample_batch(next(iter(self.as_batches(data, shuffle=False))))
+        if not isinstance(data, Pipeline):  # a user's pipeline is not read ahead (its position)
+            first = next(iter(self.as_batches(data, shuffle=False)))
+            check_input(model, first)  # a wrong shape is one line, not a torch traceback
+            if isinstance(self.strategy, ProfilesBatches):  # e.g. a pipeline times its blocks
+                self.strategy.set_sample_batch(first)
         model, optimizer = self.strategy.setup(model, optimizer)
         model._hpmodel_setup = True
         train_data = self.strategy.distribute(batches)
