@@ -22,8 +22,14 @@ import shlex
 from hpmodel.reporting import Report
 
 
+# A benchmark's command name where it differs from its module's (``hpmodel bench pipeline``).
+COMMAND_NAMES = {"pipeline_parallel": "pipeline"}
+MODULE_NAMES = {command: module for module, command in COMMAND_NAMES.items()}
+
+
 def available_benchmarks() -> list[str]:
-    return sorted(info.name for info in pkgutil.iter_modules(package.__path__)
+    return sorted(COMMAND_NAMES.get(info.name, info.name)
+                  for info in pkgutil.iter_modules(package.__path__)
                   if info.name not in ("common",) and not info.name.startswith("_"))
 
 
@@ -31,7 +37,7 @@ def run_benchmark(name: str, out_dir: Path, quick: bool = False, **options: Any)
     if name not in available_benchmarks():
         raise HpmodelError(f"benchmark '{name}' is unknown: choose one of "
                            f"{', '.join(available_benchmarks())}")
-    module = importlib.import_module(f"hpmodel.bench.{name}")
+    module = importlib.import_module(f"hpmodel.bench.{MODULE_NAMES.get(name, name)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = module.run_bench(out_dir, quick=quick, **options)
