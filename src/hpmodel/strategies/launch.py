@@ -27,20 +27,23 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator
 
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.kernel.network import free_port, is_loopback, split_endpoint, store_server
+from hpmodel.kernel.network import bound_listener, free_port, is_loopback, split_endpoint, store_server
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 LAUNCHED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-ELASTIC_LOGGER = "torch.distributed.elastic"
+ELASTIC_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing.spawn")  # the launcher's own
+RESTART_LOGGER = "torch.distributed.elastic.agent.server.api"  # logs a restart at INFO
 NO_SHARED_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"  # torch's switch: workers host the store
 EMPTY_MESSAGES = ("", "<NONE>")  # torch elastic's text when a worker left no error file
 
@@ -89,6 +92,10 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
     host, port = split_endpoint(endpoint)
     hosts_store = spec.nnodes == 1 or not spec.rdzv_endpoint or spec.node_rank == 0
     loopback = is_loopback(host)
+    if hosts_store and not loopback:
+        check_own_address(host, endpoint)
+    if not hosts_store:  # torch's client would log a C++ stack per failed attempt
+        wait_for_endpoint(host, port, spec.rdzv_timeout_s)
     with contextlib.ExitStack() as stack:
         stack.enter_context(elastic_events(spec.max_restarts))
         if loopback:
@@ -99,7 +106,8 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
         config = LaunchConfig(
             min_nodes=spec.nnodes, max_nodes=spec.nnodes, nproc_per_node=spec.nproc_per_node,
             run_id=spec.run_id or default_run_id(spec), rdzv_backend="c10d", rdzv_endpoint=endpoint,
-            rdzv_configs={"timeout": spec.rdzv_timeout_s, "is_host": hosts_store and not loopback},
+            rdzv_configs={"timeout": spec.rdzv_timeout_s, "read_timeout": spec.rdzv_timeout_s,
+                          "is_host": hosts_store and not loopback},
             max_restarts=spec.max_restarts, monitor_interval=0.1, start_method=spec.start_method,
             local_addr=host if loopback else None)
         try:
@@ -112,6 +120,31 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
                                "check --rdzv-endpoint and that every node is started") from None
         del rendezvous_store
     return results[min(results)] if results else None  # this node's first rank (global rank 0 on node 0)
+
+
+def check_own_address(host: str, endpoint: str) -> None:
+    """Node 0 serves the rendezvous: its endpoint must name this machine (else a 60 s wait, then a stack)."""
+    try:
+        bound_listener(host, 0).close()
+    except HpmodelError:
+        raise HpmodelError(f"--rdzv-endpoint {endpoint} does not name this machine, and node rank 0 "
+                           "serves the rendezvous there: give node 0's own reachable address (or "
+                           "127.0.0.1 when every node runs on this machine)") from None
+
+
+def wait_for_endpoint(host: str, port: int, timeout_s: float) -> None:
+    """Wait until something accepts connections at ``host:port``; one line if nothing does in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=min(5.0, timeout_s)).close()
+            return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise HpmodelError(f"nothing answers at rendezvous endpoint {host}:{port} within "
+                                   f"{timeout_s:.0f} s ({error.strerror or error}): start node rank 0 "
+                                   "(it serves the rendezvous) or fix --rdzv-endpoint") from None
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -149,17 +182,20 @@ class ElasticEvents(logging.Handler):
 
 @contextlib.contextmanager
 def elastic_events(max_restarts: int) -> Iterator[None]:
-    """While the block runs, torch elastic's loggers speak through :class:`ElasticEvents` only."""
-    logger = logging.getLogger(ELASTIC_LOGGER)
-    saved = (logger.level, logger.propagate, list(logger.handlers))
+    """While the block runs, the launcher's loggers speak through :class:`ElasticEvents` only."""
+    loggers = [logging.getLogger(name) for name in (*ELASTIC_LOGGERS, RESTART_LOGGER)]
+    saved = [(logger.level, logger.propagate, list(logger.handlers)) for logger in loggers]
     handler = ElasticEvents(max_restarts)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logger.handlers = [handler]
+    for logger in loggers[:-1]:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.handlers = [handler]
+    loggers[-1].setLevel(logging.INFO)  # its records reach the handler through its parent
     try:
         yield
     finally:
-        logger.level, logger.propagate, logger.handlers = saved[0], saved[1], saved[2]
+        for logger, (level, propagate, handlers) in zip(loggers, saved):
+            logger.level, logger.propagate, logger.handlers = level, propagate, handlers
 
 
 def exit_text(exitcode: int, who: str) -> str:

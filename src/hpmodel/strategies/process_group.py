@@ -40,6 +40,7 @@ class ProcessGroupConfig:
     node_rank: int = 0
     rdzv_endpoint: str = ""  # "host:port" of node 0 when nnodes > 1
     max_restarts: int = 0
+    rdzv_timeout_s: int = 60  # how long the processes wait for each other at the rendezvous
     timeout_s: int = 300  # collective timeout: a dead peer surfaces as an error, not a hang
 
     def validate(self) -> None:
@@ -52,6 +53,9 @@ class ProcessGroupConfig:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ConfigError("strategy.nnodes > 1 needs strategy.rdzv_endpoint = 'host:port' "
                               "(the address of node 0), or --rdzv-endpoint")
+        if self.rdzv_timeout_s < 1 or self.timeout_s < 1:
+            raise ConfigError(f"strategy.rdzv_timeout_s = {self.rdzv_timeout_s} and strategy.timeout_s = "
+                              f"{self.timeout_s} must be at least 1 second")
         if not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(f"strategy.node_rank = {self.node_rank} must be in [0, {self.nnodes})")
 
@@ -132,7 +136,7 @@ class ProcessGroupStrategy(Strategy):
         self.check_devices()
         spec = LaunchSpec(nproc_per_node=self.local_world_size, nnodes=self.config.nnodes,
                           node_rank=self.config.node_rank, rdzv_endpoint=self.config.rdzv_endpoint,
-                          max_restarts=self.config.max_restarts)
+                          max_restarts=self.config.max_restarts, rdzv_timeout_s=self.config.rdzv_timeout_s)
         return launch(spec, run_in_worker, self, fn, args)
 
     def init_process_group(self) -> None:
