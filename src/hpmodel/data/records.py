@@ -25,6 +25,7 @@ _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.in
 _DTYPE_CODE = {d: i for i, d in enumerate(_DTYPES)}
 _NUMPY = {d: np.dtype(str(d).replace("torch.", "")) for d in _DTYPES
           if d not in (torch.bfloat16,)}
+_ITEMSIZE = [torch.empty(0, dtype=d).element_size() for d in _DTYPES]
 # One-byte tags of the value kinds.
 TENSOR, BYTES, STR, INT, FLOAT, NONE, TUPLE, LIST, DICT, BOOL = range(10)
 
@@ -83,6 +84,10 @@ def _encode(value: Any, out: list) -> None:
                          "arrays, bytes, str, numbers, or tuples/lists/dicts of them")
 
 
+class RecordShapeError(ValueError):
+    """A tensor's stored bytes do not match its shape and dtype (damaged or forged record)."""
+
+
 def decode_element(payload: bytes | bytearray) -> Any:
     """The value encoded in ``payload`` (tensors share one copy of the buffer).
 
@@ -97,6 +102,28 @@ def decode_element(payload: bytes | bytearray) -> Any:
     return value
 
 
+def check_tensor(code: int, shape: tuple, nbytes: int, available: int) -> torch.dtype:
+    """The dtype of a stored tensor whose header is consistent; RecordShapeError otherwise.
+
+    Example::
+
+        check_tensor(0, (2, 3), 24, 24)   # torch.float32
+    """
+    if code >= len(_DTYPES):
+        raise RecordShapeError(f"unknown tensor dtype code {code}")
+    if any(size < 0 for size in shape):
+        raise RecordShapeError(f"tensor shape {tuple(shape)} has a negative size")
+    expected = _ITEMSIZE[code]
+    for size in shape:
+        expected *= size
+    if nbytes != expected:
+        raise RecordShapeError(f"tensor of shape {tuple(shape)} and dtype {_DTYPES[code]} needs "
+                               f"{expected} bytes, the record says {nbytes}")
+    if nbytes > available:
+        raise RecordShapeError(f"tensor needs {nbytes} bytes, only {available} remain in the record")
+    return _DTYPES[code]
+
+
 def _decode(buf: bytearray, pos: int) -> tuple[Any, int]:
     tag = buf[pos]
     pos += 1
@@ -106,8 +133,8 @@ def _decode(buf: bytearray, pos: int) -> tuple[Any, int]:
         pos += 2 + 8 * ndim
         (nbytes,) = struct.unpack_from("<Q", buf, pos)
         pos += 8
-        dtype = _DTYPES[code]
-        if nbytes == 0:
+        dtype = check_tensor(code, shape, nbytes, len(buf) - pos)
+        if nbytes == 0:  # checked: the shape holds no element
             return torch.empty(shape, dtype=dtype), pos
         np_dtype = _NUMPY.get(dtype)
         if np_dtype is not None:  # numpy views are ~5x cheaper to make than torch's
@@ -118,6 +145,8 @@ def _decode(buf: bytearray, pos: int) -> tuple[Any, int]:
         return flat.view(dtype).reshape(shape), pos + nbytes
     if tag in (BYTES, STR):
         (n,) = struct.unpack_from("<Q", buf, pos)
+        if n > len(buf) - pos - 8:
+            raise RecordShapeError(f"a {n}-byte string or bytes value, only {len(buf) - pos - 8} remain")
         raw = bytes(buf[pos + 8:pos + 8 + n])
         return (raw if tag == BYTES else raw.decode("utf-8")), pos + 8 + n
     if tag == INT:

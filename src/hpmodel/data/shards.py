@@ -2,8 +2,11 @@
 
 Storage goes through ``fsspec`` (local paths, ``file://``, ``memory://``, ``s3://``,
 ``gs://``... whatever fsspec has a filesystem for); checksums are ``zlib.crc32``; tar
-shards are read with the standard library's ``tarfile`` in streaming mode. Shards are
-read front to back in large blocks, never seeking except to start a resume.
+shards are read with the standard library's ``tarfile`` in streaming mode, over a
+``zlib`` decompressor driven here with a size cap: no member (nor tar header) may
+decompress to more than ``max_member_bytes`` (1 GiB unless told), so a small
+``.tar.gz`` cannot blow up memory. Shards are read front to back in large blocks,
+never seeking except to start a resume.
 
 Layout of a ``.shard`` file (little-endian; see docs/data.md)::
 
@@ -18,14 +21,14 @@ from __future__ import annotations
 
 import functools
 import struct
-import tarfile
 import zlib
 from typing import Any, Iterator
 
 import fsspec
 
 from .core import CorruptRecordError
-from .records import decode_element, encode_element
+from .records import RecordShapeError, decode_element, encode_element
+from .tar_stream import MAX_MEMBER_BYTES, CappedTarStream, TarMemberTooLargeError, parse_tar
 
 MAGIC = b"HPSHARD1"
 INDEX_MAGIC = b"HPINDEX1"
@@ -221,7 +224,8 @@ class BlockReader:
 
 
 def parse_blocks(blocks: Iterator[bytes], url: str, ignore_errors: bool = False,
-                 on_skip=None, start: int = 0) -> Iterator[Any]:
+                 on_skip=None, start: int = 0,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Any]:
     """Decoded elements from the output of :func:`fetch_blocks` (the CPU half).
 
     Example::
@@ -238,13 +242,14 @@ def parse_blocks(blocks: Iterator[bytes], url: str, ignore_errors: bool = False,
     offset = int.from_bytes(first, "little")
     on_skip = on_skip or (lambda n: None)
     if is_tar(url):
-        yield from _drop(_parse_tar(BlockReader(blocks), url, ignore_errors, on_skip), start)
+        stream = CappedTarStream(BlockReader(blocks), url, max_member_bytes)
+        yield from _drop(parse_tar(stream, url, ignore_errors, on_skip), start)
     else:
         yield from _parse_records(BlockReader(blocks), url, offset, ignore_errors, on_skip)
 
 
 def read_shard(url: str, start: int = 0, ignore_errors: bool = False,
-               on_skip=None) -> Iterator[Any]:
+               on_skip=None, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Any]:
     """Decoded elements of one shard (``.shard`` or WebDataset ``.tar``), from record ``start``.
 
     A record failing its checksum raises :class:`CorruptRecordError` naming shard and
@@ -255,7 +260,7 @@ def read_shard(url: str, start: int = 0, ignore_errors: bool = False,
         for x, y in read_shard("memory://data/a.shard"):
             ...
     """
-    return parse_blocks(fetch_blocks(url, start), url, ignore_errors, on_skip, start)
+    return parse_blocks(fetch_blocks(url, start), url, ignore_errors, on_skip, start, max_member_bytes)
 
 
 def _drop(iterator: Iterator, n: int) -> Iterator:
@@ -303,13 +308,18 @@ def _fail(url: str, offset: int, what: str, ignore_errors: bool, on_skip) -> Non
 def _decode(payload: bytes, url: str, offset: int) -> Any:
     try:
         return decode_element(payload)
+    except RecordShapeError as err:
+        raise CorruptRecordError(f"record in shard '{url}' at byte offset {offset} is malformed "
+                                 f"({err}): a damaged or forged shard; rewrite it with "
+                                 "'hpmodel data write'") from None
     except (ValueError, IndexError, struct.error, RuntimeError) as err:
         raise CorruptRecordError(f"record in shard '{url}' at byte offset {offset} passes "
                                  f"its checksum but cannot be decoded ({err}): it was "
                                  "written by another tool or version") from None
 
 
-def read_tar(url: str, ignore_errors: bool = False, on_skip=None) -> Iterator[dict]:
+def read_tar(url: str, ignore_errors: bool = False, on_skip=None,
+             max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:
     """WebDataset samples of a tar shard: dicts ``{"__key__": key, ext: bytes, ...}``.
 
     Files sharing a key (the name up to the first dot of its last path part) form one
@@ -320,32 +330,4 @@ def read_tar(url: str, ignore_errors: bool = False, on_skip=None) -> Iterator[di
         for sample in read_tar("shards/train-000000.tar"):
             image_bytes, label = sample["jpg"], int(sample["cls"])
     """
-    return parse_blocks(fetch_blocks(url), url, ignore_errors, on_skip)
-
-
-def _parse_tar(f: BlockReader, url: str, ignore_errors: bool, on_skip) -> Iterator[dict]:
-    sample: dict = {}
-    offset = 0
-    try:
-        with tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                offset = member.offset
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                key = f"{folder}/{stem}" if folder else stem
-                if sample and sample["__key__"] != key:
-                    yield sample
-                    sample = {}
-                sample["__key__"] = key
-                sample[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error) as err:
-        if not ignore_errors:
-            raise CorruptRecordError(f"corrupt tar shard '{url}' near byte offset {offset} "
-                                     f"({err}); rewrite the shard or pass ignore_errors=True "
-                                     "to skip the rest of it") from None
-        on_skip(1)
-        return
-    if sample:
-        yield sample
+    return parse_blocks(fetch_blocks(url), url, ignore_errors, on_skip, 0, max_member_bytes)

@@ -1,7 +1,9 @@
 """Start the processes of a parameter-server cluster and join them in one RPC group.
 
 ``torch.distributed.rpc`` (TensorPipe) carries every call; c10d's ``TCPStore`` does the
-rendezvous first, because on torch 2.13 ``rpc.init_rpc`` waits without end for a peer
+rendezvous first (and RPC's own rendezvous reuses that store, so the coordinator listens
+on one port, bound to ``ClusterSpec.listen``: loopback unless the user names another
+address; TensorPipe listens on ``lo`` for a loopback cluster), because on torch 2.13 ``rpc.init_rpc`` waits without end for a peer
 that never comes or an address nobody listens on (measured), while ``TCPStore`` has a
 deadline: a missing process or a wrong address becomes one clear error in seconds.
 ``multiprocessing`` (spawn) starts the local processes; unlike
@@ -33,10 +35,13 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.network import free_port, is_loopback, store_server
 import traceback
-import socket
+from urllib.parse import urlparse
 
 STOP = threading.Event()  # set by the coordinator's stop call: this process may leave
+STORE_SCHEME = "hpmodel-store"  # RPC's init_method: the store this process already joined
+_STORES: dict[str, dist.Store] = {}  # address → this process's store (one cluster per process)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ClusterSpec:
     host: str = "127.0.0.1"
     port: int = 0
     interface: str = ""  # network interface TensorPipe listens on; "" = lo for loopback hosts
+    listen: str = "127.0.0.1"  # address the coordinator's store binds; "" = every interface
     connect_timeout_s: float = 20.0
 
     def names(self) -> list[str]:
@@ -94,32 +100,48 @@ def stop() -> bool:
 
 def join(spec: ClusterSpec, name: str, processes: dict | None = None) -> None:
     """Meet the others at the coordinator's store (with a deadline), then start RPC."""
-    os.environ.setdefault("TP_SOCKET_IFNAME", spec.interface or (
-        "lo" if spec.host.startswith("127.") or spec.host == "localhost" else ""))
-    if not os.environ["TP_SOCKET_IFNAME"]:
-        del os.environ["TP_SOCKET_IFNAME"]  # let TensorPipe pick the interface
+    interface = spec.interface or ("lo" if is_loopback(spec.host) else "")
+    if interface:
+        os.environ.setdefault("TP_SOCKET_IFNAME", interface)
     timeout = timedelta(seconds=spec.connect_timeout_s)
     if name == "coordinator":
-        store = dist.TCPStore(spec.host, spec.port, is_master=True, wait_for_workers=False,
-                              timeout=timeout)
-        rpc_port = free_port(spec.host)
-        store.set("rpc_port", str(rpc_port))
+        store = coordinator_store(spec, timeout)
         wait_for_members(store, spec, processes or {})
     else:
         try:
             store = dist.TCPStore(spec.host, spec.port, is_master=False, timeout=timeout)
             store.set(f"joined/{name}", "1")
-            rpc_port = int(store.get("rpc_port"))
         except (dist.DistError, RuntimeError) as error:
             raise HpmodelError(f"{name} cannot reach the coordinator at {spec.address} within "
                                f"{spec.connect_timeout_s:.0f} s ({str(error).splitlines()[0]}): check "
                                "strategy.coordinator_address and that the coordinator runs") from None
-    options = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://{spec.host}:{rpc_port}",
+    _STORES[spec.address] = store
+    options = rpc.TensorPipeRpcBackendOptions(init_method=f"{STORE_SCHEME}://{spec.address}",
                                               rpc_timeout=spec.connect_timeout_s)
     with warnings.catch_warnings():  # torch's own RPC start-up uses an API it deprecates
         warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
         rpc.init_rpc(name, rank=spec.rank_of(name), world_size=len(spec.names()),
                      rpc_backend_options=options)
+
+
+def coordinator_store(spec: ClusterSpec, timeout: timedelta) -> dist.Store:
+    """The cluster's store, served on ``spec.listen`` only (c10d alone would listen everywhere)."""
+    if spec.listen:
+        return store_server(spec.listen, spec.port, timeout=timeout)
+    return dist.TCPStore(spec.host, spec.port, is_master=True, wait_for_workers=False, timeout=timeout)
+
+
+def _store_rendezvous(url: str, **_kwargs):
+    """RPC's rendezvous on the store this process joined: no second listening port."""
+    parsed = urlparse(url)
+    query = dict(pair.split("=", 1) for pair in parsed.query.split("&") if "=" in pair)
+    yield _STORES[parsed.netloc], int(query["rank"]), int(query["world_size"])
+
+
+try:
+    dist.register_rendezvous_handler(STORE_SCHEME, _store_rendezvous)
+except RuntimeError:  # registered already (this module loaded twice)
+    pass
 
 
 def wait_for_members(store, spec: ClusterSpec, processes: dict) -> None:
@@ -202,11 +224,3 @@ def _report_to(sender, fn, args) -> None:
         message = ("crash", traceback.format_exc())
     sender.send(message)
     sender.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on now (the kernel picks it)."""
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]

@@ -30,6 +30,9 @@ from hpmodel.runs.common import ModelFactory
 from hpmodel.train.optim import optimizer_factory, schedule_factory
 from hpmodel.reporting.console import print_rows
 from hpmodel.kernel.files import save_weights, write_json
+from hpmodel.kernel.network import free_port, is_loopback, split_endpoint
+
+DEFAULT_BIND = "127.0.0.1"  # ParameterServerConfig.bind_address's default
 
 
 class TrainData:
@@ -72,13 +75,19 @@ def plan_steps(num_examples: int, batch_size: int, epochs: int, seed: int,
 
 
 def cluster_spec(config) -> cluster.ClusterSpec:
+    """Where the cluster meets: ``bind_address`` (loopback by default) and a free port, or the
+    explicit ``coordinator_address``; the coordinator's store listens on loopback unless an
+    address beyond it is named (a non-loopback coordinator_address, or bind_address)."""
     if config.coordinator_address:
-        host, _, port = config.coordinator_address.rpartition(":")
-        port = int(port)
+        host, port = split_endpoint(config.coordinator_address)
+        explicit_bind = config.bind_address != DEFAULT_BIND
+        listen = host if is_loopback(host) else (config.bind_address if explicit_bind else "")
     else:
-        host, port = config.bind_address, cluster.free_port(config.bind_address)
+        host, port = config.bind_address, free_port(config.bind_address)
+        listen = config.bind_address
     return cluster.ClusterSpec(servers=config.servers, workers=config.workers, host=host, port=port,
-                               interface=config.interface, connect_timeout_s=config.connect_timeout_s)
+                               interface=config.interface, connect_timeout_s=config.connect_timeout_s,
+                               listen=listen)
 
 
 def train(cfg, out_dir, config) -> dict[str, Any]:

@@ -16,10 +16,14 @@ import torch
 import torch.distributed as dist
 
 from hpmodel.kernel.errors import ConfigError, HpmodelError
+from hpmodel.kernel.network import bound_listener, is_loopback
 from hpmodel.strategies.base import Strategy
 from hpmodel.strategies.devices import accelerator_count
 from hpmodel.strategies.launch import LaunchSpec, in_launched_process, launch
 from torch.distributed.elastic.multiprocessing.errors import record
+
+CPU_PROCESSES_PER_CORE = 4  # beyond this, CPU processes only wait on each other
+SINGLE_HOST_INTERFACES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")  # where Gloo / NCCL listen
 
 REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM,
               "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
@@ -36,6 +40,7 @@ class ProcessGroupConfig:
     node_rank: int = 0
     rdzv_endpoint: str = ""  # "host:port" of node 0 when nnodes > 1
     max_restarts: int = 0
+    rdzv_timeout_s: int = 60  # how long the processes wait for each other at the rendezvous
     timeout_s: int = 300  # collective timeout: a dead peer surfaces as an error, not a hang
 
     def validate(self) -> None:
@@ -48,6 +53,9 @@ class ProcessGroupConfig:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ConfigError("strategy.nnodes > 1 needs strategy.rdzv_endpoint = 'host:port' "
                               "(the address of node 0), or --rdzv-endpoint")
+        if self.rdzv_timeout_s < 1 or self.timeout_s < 1:
+            raise ConfigError(f"strategy.rdzv_timeout_s = {self.rdzv_timeout_s} and strategy.timeout_s = "
+                              f"{self.timeout_s} must be at least 1 second")
         if not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(f"strategy.node_rank = {self.node_rank} must be in [0, {self.nnodes})")
 
@@ -98,8 +106,18 @@ class ProcessGroupStrategy(Strategy):
 
     # -- processes ------------------------------------------------------------------------
     def check_devices(self) -> None:
-        """Stop before any process starts when the devices asked for do not exist."""
+        """Stop before any process starts when the devices asked for do not exist.
+
+        Example::
+
+            Mirrored(devices=64, device="cpu").check_devices()   # HpmodelError on a 2-core host
+        """
         gpus = accelerator_count()
+        cores = os.cpu_count() or 1
+        if not self.uses_cuda and self.local_world_size > cores * CPU_PROCESSES_PER_CORE:
+            raise HpmodelError(f"strategy.devices = {self.local_world_size} CPU processes on a host with "
+                               f"{cores} core(s) would only wait on each other: ask for at most "
+                               f"{cores * CPU_PROCESSES_PER_CORE} (--devices), or run on GPUs")
         if gpus == 0 and (self.backend == "nccl" or self.uses_cuda):
             asked = ("strategy.backend = 'nccl'" if self.config.backend == "nccl"
                      else f"strategy.device = '{self.config.device}'")
@@ -118,7 +136,7 @@ class ProcessGroupStrategy(Strategy):
         self.check_devices()
         spec = LaunchSpec(nproc_per_node=self.local_world_size, nnodes=self.config.nnodes,
                           node_rank=self.config.node_rank, rdzv_endpoint=self.config.rdzv_endpoint,
-                          max_restarts=self.config.max_restarts)
+                          max_restarts=self.config.max_restarts, rdzv_timeout_s=self.config.rdzv_timeout_s)
         return launch(spec, run_in_worker, self, fn, args)
 
     def init_process_group(self) -> None:
@@ -129,6 +147,9 @@ class ProcessGroupStrategy(Strategy):
         else:  # share the cores between the processes of this host, as torchrun does
             local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        if is_loopback(os.environ["MASTER_ADDR"]):  # every peer is on this host: listen on lo only
+            for name in SINGLE_HOST_INTERFACES:
+                os.environ.setdefault(name, "lo")
         timeout = timedelta(seconds=self.config.timeout_s)
         self._store = attempt_store(timeout)  # kept until the group is destroyed (teardown)
         dist.init_process_group(self.backend, store=self._store, rank=int(os.environ["RANK"]),
@@ -177,11 +198,15 @@ def attempt_store(timeout: timedelta) -> dist.Store:
     Gloo group reads the addresses its dead predecessors published and waits forever for
     peers that no longer exist.
     """
-    rank = int(os.environ["RANK"])
-    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          int(os.environ["WORLD_SIZE"]), is_master=rank == 0 and not agent_hosts_store,
-                          timeout=timeout)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    if hosts and is_loopback(host):  # c10d's server alone would listen on every interface
+        listener = bound_listener(host, port)
+        store = dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout,
+                              master_listen_fd=listener.detach())
+    else:
+        store = dist.TCPStore(host, port, world_size, is_master=hosts, timeout=timeout)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"hpmodel/attempt-{attempt}", store)
 
