@@ -1,8 +1,9 @@
 """Reference models, each an ``nn.Sequential`` of blocks so that pipeline stages and
 activation recomputation can split them at block boundaries.
 
-``build_model(config, input_shape, num_classes)`` builds ``mlp``, ``cnn``, ``cnn1d`` or
-``transformer`` sized by the config, or calls ``model.target = "pkg.module:function"``
+``build_model(config, input_shape, num_classes)`` builds ``mlp``, ``cnn``, ``cnn1d``,
+``transformer`` or ``gpt`` (a causal LM: ``input_shape = (seq_len,)``, ``num_classes`` =
+vocabulary size) sized by the config, or calls ``model.target = "pkg.module:function"``
 with ``(input_shape, num_classes, **model.options)``.
 
 Example::
@@ -18,10 +19,12 @@ from torch import nn
 
 from hpmodel.kernel.errors import ConfigError
 from hpmodel.models.convnets import cnn, cnn1d
+from hpmodel.models.gpt import GPT, GPTConfig, gpt
 from hpmodel.models.mlp import mlp
 from hpmodel.models.transformer import transformer
 
-BUILDERS = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "transformer": transformer}
+BUILDERS = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "transformer": transformer,
+            "gpt": gpt}
 
 
 def build_model(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -55,4 +58,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["BUILDERS", "build_model", "count_parameters"]
+__all__ = ["BUILDERS", "GPT", "GPTConfig", "build_model", "count_parameters"]
