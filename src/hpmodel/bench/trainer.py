@@ -17,7 +17,8 @@ seq 512, batch 64); on the CPU (and with ``--quick``) a tiny GPT and the referen
 
 Options (``--set KEY=VALUE``): ``models`` (e.g. ``["gpt"]``), ``contenders``, ``steps``,
 ``warmup``, ``repeats`` (rounds, contender order rotated; the median rate is reported),
-``batch``, ``peak_tflops`` (for MFU; default 989 on H100/H200, bf16 dense).
+``batch``, ``peak_tflops`` (for MFU; default 989 on H100/H200, bf16 dense), ``threads``
+(CPU intra-op threads, default 1; 0 keeps torch's default).
 
 Example::
 
@@ -99,9 +100,9 @@ GPU_WORKLOADS = {
 CPU_WORKLOADS = {
     "gpt": Workload("gpt", batch=16, steps=30, warmup=5, lr=1e-3,
                     gpt=GPTConfig(seq_len=64, width=64, depth=2, heads=2)),
-    "cnn1d": Workload("cnn1d", batch=64, steps=30, warmup=5, model=ModelConfig(name="cnn1d", width=32, depth=2),
+    "cnn1d": Workload("cnn1d", batch=64, steps=60, warmup=5, model=ModelConfig(name="cnn1d", width=32, depth=2),
                       input_shape=(1, 256), lr=1e-3),
-    "mlp": Workload("mlp", batch=256, steps=30, warmup=5, model=ModelConfig(name="mlp", width=256, depth=3),
+    "mlp": Workload("mlp", batch=256, steps=150, warmup=5, model=ModelConfig(name="mlp", width=256, depth=3),
                     input_shape=(64,), lr=1e-3),
 }
 PEERS = ("pytorch eager", "pytorch compile", "lightning fabric", "hf accelerate")
@@ -255,8 +256,13 @@ RUNNERS: dict[str, Callable[[Workload, torch.device, tuple], float]] = {
 
 # -- the run -------------------------------------------------------------------------------
 def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, steps: int = 0,
-              warmup: int = -1, repeats: int = 0, batch: int = 0, peak_tflops: float = 0.0) -> dict:
+              warmup: int = -1, repeats: int = 0, batch: int = 0, peak_tflops: float = 0.0,
+              threads: int = 1) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not quick else "cpu")
+    if device.type == "cpu" and threads:
+        # One intra-op thread by default: on a shared CPU, OpenMP's spinning threads turn
+        # the ratio into a scheduling lottery (5x swings measured on 2 busy cores).
+        torch.set_num_threads(threads)
     catalogue = GPU_WORKLOADS if device.type == "cuda" else CPU_WORKLOADS
     models, contenders = list(models or catalogue), list(contenders or CONTENDERS)
     for key, chosen, known in (("models", models, catalogue), ("contenders", contenders, CONTENDERS)):
@@ -274,6 +280,7 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
     result = write_results(out_dir, "trainer", rows, plot=lambda ax: plot(ax, rows), title=title,
                            extra={"device_type": device.type, "quick": quick, "repeats": repeats,
                                   "peak_tflops": peak or None, "errors": errors,
+                                  "cpu_threads": torch.get_num_threads(),
                                   "workloads": {m: dataclasses.asdict(catalogue[m]) for m in models}})
     for key, message in errors.items():
         print(f"{key} failed: {message}")
@@ -281,7 +288,7 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
 
 
 def _sized(work: Workload, quick: bool, steps: int, warmup: int, batch: int) -> Workload:
-    changes: dict[str, Any] = {"steps": 10, "warmup": 3} if quick else {}
+    changes: dict[str, Any] = {"steps": max(10, work.steps // 3), "warmup": 3} if quick else {}
     changes.update({k: v for k, v in (("steps", steps), ("batch", batch)) if v})
     if warmup >= 0:
         changes["warmup"] = warmup
