@@ -259,10 +259,6 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
               warmup: int = -1, repeats: int = 0, batch: int = 0, peak_tflops: float = 0.0,
               threads: int = 1) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not quick else "cpu")
-    if device.type == "cpu" and threads:
-        # One intra-op thread by default: on a shared CPU, OpenMP's spinning threads turn
-        # the ratio into a scheduling lottery (5x swings measured on 2 busy cores).
-        torch.set_num_threads(threads)
     catalogue = GPU_WORKLOADS if device.type == "cuda" else CPU_WORKLOADS
     models, contenders = list(models or catalogue), list(contenders or CONTENDERS)
     for key, chosen, known in (("models", models, catalogue), ("contenders", contenders, CONTENDERS)):
@@ -271,17 +267,26 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
             raise HpmodelError(f"{key} {unknown} unknown here ({device.type}): choose from {', '.join(known)}")
     repeats = repeats or (1 if quick or device.type == "cuda" else 5)
     peak = peak_tflops or _peak_tflops(device)
-    rows, errors = [], {}
-    for name in models:
-        work = _sized(catalogue[name], quick, steps, warmup, batch)
-        rows += measure_workload(work, device, contenders, repeats, peak, errors)
+    rows, errors, used_threads = [], {}, torch.get_num_threads()
+    workloads = [_sized(catalogue[name], quick, steps, warmup, batch) for name in models]
+    previous = torch.get_num_threads()
+    try:
+        if device.type == "cpu" and threads:
+            # One intra-op thread by default: on a shared CPU, OpenMP's spinning threads turn
+            # the ratio into a scheduling lottery (5x swings measured on 2 busy cores).
+            torch.set_num_threads(threads)
+            used_threads = threads
+        for work in workloads:
+            rows += measure_workload(work, device, contenders, repeats, peak, errors)
+    finally:
+        torch.set_num_threads(previous)
     add_ratios(rows)
     title = f"hpmodel bench trainer ({device.type}, {repeats} round(s), median)"
     result = write_results(out_dir, "trainer", rows, plot=lambda ax: plot(ax, rows), title=title,
                            extra={"device_type": device.type, "quick": quick, "repeats": repeats,
                                   "peak_tflops": peak or None, "errors": errors,
-                                  "cpu_threads": torch.get_num_threads(),
-                                  "workloads": {m: dataclasses.asdict(catalogue[m]) for m in models}})
+                                  "cpu_threads": used_threads,
+                                  "workloads": {w.name: dataclasses.asdict(w) for w in workloads}})
     for key, message in errors.items():
         print(f"{key} failed: {message}")
     return result
