@@ -218,6 +218,9 @@ class _SteadyClock(Callback):
         self.warmup, self.device = warmup, device
         self.start = self.seconds = 0.0
 
+    def on_train_begin(self, state) -> None:
+        self.on_step_end(state, {})  # no warm-up: time from the first step
+
     def on_step_end(self, state, logs) -> None:
         if state.global_step == self.warmup:
             _sync(self.device)
