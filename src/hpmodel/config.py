@@ -169,7 +169,7 @@ def strategy_names_with_aliases() -> set[str]:
 
 CHOICES = {
     "data.name": ("digits", "synthetic", "npz", "shards"),
-    "model.name": ("mlp", "cnn", "cnn1d", "transformer"),
+    "model.name": ("mlp", "cnn", "cnn1d", "transformer", "gpt"),
     "optimizer.name": ("sgd", "adamw"),
     "schedule.name": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16", "fp16"),

@@ -1,4 +1,6 @@
-"""``hpmodel data write SOURCE --out DIR``: write arrays or files as toolkit shards."""
+"""``hpmodel data write SOURCE --out DIR``: write arrays or files as toolkit shards;
+``hpmodel data write --text FILES... | --corpus stdlib --seq-len N --out DIR``: byte-level
+token windows for a language model, with a held-out split by file and its gzip baseline."""
 
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ def add_parser(sub) -> None:
 
 def run_write(args) -> int:
     from hpmodel.data import data_write_main
+    from hpmodel.datasets.text import gzip_bits_per_byte, stdlib_corpus
+    from hpmodel.kernel.errors import HpmodelError
 
     try:
-        return data_write_main(args)
+        if args.corpus == "stdlib":
+            args.text = (args.text or []) + stdlib_corpus(args.max_bytes)
+        # Text mode records gzip -9 on each split's target bytes: the baseline an LM must beat.
+        return data_write_main(args, measures={"gzip_bits_per_byte": gzip_bits_per_byte})
     except (FileNotFoundError, ValueError) as error:
-        from hpmodel.kernel.errors import HpmodelError
-
         raise HpmodelError(str(error)) from None

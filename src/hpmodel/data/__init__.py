@@ -24,11 +24,11 @@ from .pipeline import Pipeline
 from .protocol import Batches
 from .records import decode_element, encode_element
 from .shards import ShardWriter, read_index, read_shard, read_tar
-from .writer import build_write_parser, data_write_main, write_shards
+from .writer import build_write_parser, data_write_main, write_shards, write_text_shards
 
 __all__ = [
     "AUTOTUNE", "Batches", "INFINITE", "UNKNOWN", "CorruptRecordError", "Pipeline", "ShardWriter",
     "build_write_parser", "data_write_main", "decode_element", "encode_element",
     "from_dataset", "from_shards", "from_tensors", "list_shards", "read_index",
-    "read_shard", "read_tar", "write_shards",
+    "read_shard", "read_tar", "write_shards", "write_text_shards",
 ]

@@ -1,8 +1,9 @@
 """Reference models, each an ``nn.Sequential`` of blocks so that pipeline stages and
 activation recomputation can split them at block boundaries.
 
-``build_model(config, input_shape, num_classes)`` builds ``mlp``, ``cnn``, ``cnn1d`` or
-``transformer`` sized by the config, or calls ``model.target = "pkg.module:function"``
+``build_model(config, input_shape, num_classes)`` builds ``mlp``, ``cnn``, ``cnn1d``,
+``transformer`` or ``gpt`` (a causal LM: ``input_shape = (seq_len,)``, ``num_classes`` =
+vocabulary size) sized by the config, or calls ``model.target = "pkg.module:function"``
 with ``(input_shape, num_classes, **model.options)``. Each reference model carries its
 :class:`~hpmodel.models.shapes.InputSpec` as ``model.expected_input``; ``check_input(model,
 batch)`` stops a batch of the wrong shape with one line (docs/models.md lists the shapes).
@@ -20,11 +21,13 @@ from torch import nn
 
 from hpmodel.kernel.errors import ConfigError
 from hpmodel.models.convnets import cnn, cnn1d
+from hpmodel.models.gpt import GPT, GPTConfig, gpt
 from hpmodel.models.mlp import mlp
 from hpmodel.models.shapes import InputSpec, ReferenceOptions, check_input, expected_input
 from hpmodel.models.transformer import transformer
 
-BUILDERS = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "transformer": transformer}
+BUILDERS = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "transformer": transformer,
+            "gpt": gpt}
 
 
 def build_model(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -58,5 +61,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["BUILDERS", "InputSpec", "ReferenceOptions", "build_model", "check_input", "count_parameters",
-           "expected_input"]
+__all__ = ["BUILDERS", "GPT", "GPTConfig", "InputSpec", "ReferenceOptions", "build_model",
+           "check_input", "count_parameters", "expected_input"]
