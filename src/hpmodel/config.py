@@ -20,6 +20,7 @@ from typing import Any
 
 from hpmodel.kernel.errors import ConfigError
 from hpmodel.kernel.schema import build_dataclass, make_config, read_toml
+from hpmodel.models.tasks import TASKS
 from hpmodel.parameter_server.config import NAMES as PARAMETER_SERVER_NAMES
 from hpmodel.parameter_server.config import ParameterServerConfig
 from hpmodel.strategies.registry import available_strategies, registered_names, strategy_class
@@ -86,6 +87,8 @@ class TrainConfig:
     inject_kill: list = field(default_factory=list)  # [rank, step]: SIGKILL once (chaos testing)
     progress: bool = True  # a progress bar on a terminal, a plain line every 10 s otherwise
     hold_global_batch: bool = False  # true: data.batch_size is the global batch, split over replicas
+    task: str = "classification"  # classification | causal-lm | regression: the loss and the metrics
+    compile: bool = False  # torch.compile the model for the training steps
 
 
 @dataclass
@@ -173,6 +176,7 @@ CHOICES = {
     "optimizer.name": ("sgd", "adamw"),
     "schedule.name": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.task": tuple(TASKS),
 }
 
 

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from hpmodel.bench.common import write_results
 from hpmodel.config import ModelConfig
 from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.timing import peak_tflops as device_peak_tflops
 from hpmodel.models import build_model, count_parameters
 from hpmodel.models.gpt import GPT, GPTConfig, causal_lm_loss, flops_per_token
 from hpmodel.strategies import get_strategy
@@ -269,7 +270,7 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
         if unknown:
             raise HpmodelError(f"{key} {unknown} unknown here ({device.type}): choose from {', '.join(known)}")
     repeats = repeats or (1 if quick or device.type == "cuda" else 5)
-    peak = peak_tflops or _peak_tflops(device)
+    peak = peak_tflops or device_peak_tflops(device)
     rows, errors, used_threads = [], {}, torch.get_num_threads()
     workloads = [_sized(catalogue[name], quick, steps, warmup, batch) for name in models]
     previous = torch.get_num_threads()
@@ -345,14 +346,6 @@ def _release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _peak_tflops(device: torch.device) -> float:
-    """bf16 dense peak of the GPU, for MFU (0: unknown, no MFU column)."""
-    if device.type != "cuda":
-        return 0.0
-    name = torch.cuda.get_device_name(device)
-    return 989.0 if ("H100" in name or "H200" in name) else 0.0
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:

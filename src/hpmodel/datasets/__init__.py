@@ -16,7 +16,10 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+
+import fsspec
 
 import torch
 
@@ -51,9 +54,12 @@ class ArraySplit(Split):
 
 
 class ExampleRecord:
-    """A shard record ``(x, y)`` as the tensors an ArraySplit holds: float32 x, int64 y."""
+    """A shard record as training tensors: ``(x, y)`` as an ArraySplit holds them (float32 x,
+    int64 y); a dict of token arrays (``{"input_ids", "labels"}``) as int64 tensors."""
 
     def __call__(self, record):
+        if isinstance(record, dict):
+            return {k: torch.as_tensor(v).long() for k, v in record.items()}
         x, y = record[0], record[1]
         return torch.as_tensor(x).float(), torch.as_tensor(y).long().reshape(())
 
@@ -76,8 +82,10 @@ class RecordSplit(Split):
     def elements(self) -> Pipeline:
         return from_dataset(self.subset)
 
-    def first(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.subset[0]
+    def example_shape(self) -> tuple[int, ...]:
+        first = self.subset[0]
+        x = first["input_ids"] if isinstance(first, dict) else first[0]
+        return tuple(x.shape)
 
 
 @dataclass
@@ -87,6 +95,7 @@ class Splits:
     test: Split
     num_classes: int
     shape: tuple[int, ...] = ()
+    baselines: dict = field(default_factory=dict)  # e.g. gzip's bits per byte on the test text
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -132,9 +141,22 @@ def shard_splits(config, seed: int) -> Splits:
     val_pos, train_pos = val_indices(len(pool), config.val_fraction, seed)
     train = RecordSplit(table, pool[train_pos].tolist())
     val = RecordSplit(table, pool[val_pos].tolist())
-    x, _ = train.first()
     return Splits(train=train, val=val, test=test, num_classes=config.num_classes,
-                  shape=tuple(x.shape))
+                  shape=train.example_shape(),
+                  baselines=text_baselines(test_table.urls[0]) if config.test_shards else {})
+
+
+def text_baselines(shard_url: str) -> dict[str, float]:
+    """The held-out split's measures that ``hpmodel data write --text`` recorded in
+    ``text.json`` beside its shards (e.g. ``gzip_bits_per_byte``); empty when absent."""
+    fs, path = fsspec.core.url_to_fs(shard_url)
+    manifest = path.rsplit("/", 1)[0] + "/text.json"
+    if not fs.exists(manifest):
+        return {}
+    with fs.open(manifest) as f:
+        splits = json.load(f).get("splits", {})
+    held_out = splits.get("val") or {}
+    return {k: v for k, v in held_out.items() if isinstance(v, float)}
 
 
 def _table(source: str, key: str) -> RecordTable:

@@ -39,3 +39,16 @@ def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def peak_tflops(device: torch.device) -> float:
+    """bf16 dense peak TFLOP/s of ``device``, for MFU (0: unknown, so no MFU is reported).
+
+    Example::
+
+        peak_tflops(torch.device("cuda"))  # 989.0 on an H100 or H200
+    """
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return 989.0 if ("H100" in name or "H200" in name) else 0.0

@@ -18,6 +18,8 @@ from hpmodel.config import RunConfig, load_config
 from hpmodel.datasets import load_splits
 from hpmodel.models import build_model, count_parameters
 from hpmodel.kernel.schema import to_toml
+from hpmodel.kernel.timing import peak_tflops
+from hpmodel.models.gpt import GPT, flops_per_token
 from hpmodel.runs.parameter_server import train as train_parameter_server
 from hpmodel.strategies import get_strategy
 from hpmodel.train.backup import BackupAndRestore, config_fingerprint
@@ -65,10 +67,12 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
     result = trainer.fit_in_process(factory, optimizer_factory(cfg.optimizer), splits.train,
                                     cfg.train.epochs, splits.val)
     test = trainer.evaluate_model(result.wrapped_model, splits.test)
-    summary = {**result.summary, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-               "test_examples": test["examples"], "strategy": strategy.describe(),
+    summary = {**result.summary, **{f"test_{k}": v for k, v in test.items()},
+               **{f"baseline_{k}": v for k, v in splits.baselines.items()},
+               "strategy": strategy.describe(),
                "parameters": count_parameters(factory()), "precision": cfg.train.precision,
                "total_seconds": time.perf_counter() - started, "history": result.history}
+    summary.update(utilisation(factory, summary, strategy.device))
     backup = next((cb for cb in callbacks if isinstance(cb, BackupAndRestore)), None)
     summary["restarts"] = restart_count()
     if backup is not None and backup.restored_from is not None:
@@ -80,6 +84,15 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
         write_json(Path(out_dir) / "summary.json", summary)
     strategy.barrier()
     return summary
+
+
+def utilisation(factory, summary: dict[str, Any], device) -> dict[str, float]:
+    """Model FLOPs utilisation of a language model's run: FLOPs per token × tokens/s over the
+    device's peak (reported where the peak is known: H100/H200 bf16)."""
+    model, peak = factory(), peak_tflops(device)
+    if not isinstance(model, GPT) or "tokens_per_second" not in summary or not peak:
+        return {}
+    return {"mfu": flops_per_token(model.config) * summary["tokens_per_second"] / (peak * 1e12)}
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:

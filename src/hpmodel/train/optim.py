@@ -20,10 +20,18 @@ def optimizer_factory(config):
 
 def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool,
                    parameters) -> torch.optim.Optimizer:
+    parameters = list(parameters)
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                nesterov=nesterov and momentum > 0)
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    # One fused kernel per step on CUDA (torch's fastest AdamW); foreach elsewhere.
+    on_cuda = bool(parameters) and all(_is_cuda(p) for p in parameters)
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=on_cuda or None)
+
+
+def _is_cuda(parameter) -> bool:
+    tensor = parameter["params"][0] if isinstance(parameter, dict) else parameter
+    return tensor.is_cuda
 
 
 def schedule_factory(config):

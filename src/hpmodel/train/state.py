@@ -13,7 +13,8 @@ class TrainState:
     """Everything that decides the future of a run, plus counters callbacks read."""
 
     strategy: Any
-    model: nn.Module
+    model: nn.Module  # as the strategy set it up: what backups and state dicts read
+    forward_model: nn.Module  # what the training steps call: ``model`` or its torch.compile
     optimizer: Any
     scheduler: Any
     scaler: Any

@@ -34,6 +34,7 @@ from hpmodel.train.memory import offload_activations
 from hpmodel.train.precision import autocast, grad_scaler
 from hpmodel.train.seeding import seed_everything
 from hpmodel.train.state import TrainState
+from hpmodel.models.tasks import SUMS, Task, call_model, get_task, move_to, num_examples
 
 
 @dataclass
@@ -62,7 +63,8 @@ class Trainer:
                  progress: bool = True, max_steps: int = 0, early_stopping_patience: int = 0,
                  schedule: Callable | None = None, model_transform: Callable | None = None,
                  offload_activations: bool = False, hold_global_batch: bool = False,
-                 drop_remainder: bool = False):
+                 drop_remainder: bool = False, task: str | Task = "classification",
+                 compile: bool | str = False):
         if grad_accum < 1:
             raise HpmodelError(f"grad_accum = {grad_accum} must be at least 1")
         self.strategy = strategy if strategy is not None else OneDevice()
@@ -72,7 +74,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.seed = seed
         self.batch_size = batch_size
-        self.loss_fn = loss_fn or nn.functional.cross_entropy
+        self.loss_fn = loss_fn or nn.functional.cross_entropy  # what a pipeline stage applies
+        self.task = get_task(task, loss_fn)  # the batch's meaning, its loss and its metrics
+        self.compile = compile  # torch.compile the set-up model for the training steps
         self.log_every_steps = max(1, log_every_steps)
         self.progress = progress
         self.max_steps = max_steps
@@ -110,7 +114,7 @@ class Trainer:
             logs = dict(state.extra.pop("epoch_logs", {}))
             if val_data is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate_model(state.model, val_data).items()
-                             if k != "examples"})
+                             if k not in ("examples", "tokens")})
             state.history.append({"epoch": state.epoch + 1, **logs})
             callbacks.call("on_epoch_end", state, logs)
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
@@ -118,6 +122,7 @@ class Trainer:
         summary = {"steps": state.global_step, "epochs": state.epoch,
                    "wall_seconds": timer.seconds,
                    "examples_per_second": timer.examples / max(timer.seconds, 1e-9)}
+        summary.update(state.extra.pop("throughput", {}))
         weights = self.strategy.model_state_dict(state.model)
         model_out = self.strategy.unwrap(state.model) if self.strategy.world_size == 1 else None
         return FitResult(model=model_out, history=state.history, summary=summary,
@@ -141,7 +146,8 @@ class Trainer:
         outputs = []
         with torch.no_grad(), autocast(self.precision, device):
             for batch in self.as_batches(data, shuffle=False):
-                outputs.append(module(batch[0].to(device)).float().cpu())
+                logits, _ = call_model(module, move_to(batch, device))
+                outputs.append(logits.float().cpu())
         return torch.cat(outputs)
 
     # -- building blocks --------------------------------------------------------------------
@@ -168,7 +174,12 @@ class Trainer:
         if self.max_steps:
             total_steps = min(total_steps, self.max_steps)
         scheduler = self.schedule(optimizer, total_steps) if self.schedule else None
-        return TrainState(strategy=self.strategy, model=model, optimizer=optimizer,
+        forward = model
+        if self.compile:  # True: inductor; a string names another torch.compile backend
+            backend = self.compile if isinstance(self.compile, str) else "inductor"
+            forward = torch.compile(model, backend=backend)
+        return TrainState(strategy=self.strategy, model=model, forward_model=forward,
+                          optimizer=optimizer,
                           scheduler=scheduler, scaler=grad_scaler(self.precision, self.strategy.device),
                           train_data=train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
                           total_steps=total_steps)
@@ -198,9 +209,10 @@ class Trainer:
         state.model.train()
         batches = iter(state.train_data)
         device = state.strategy.device
-        # Sums stay on the device so the step never waits for a host copy: (loss·n, correct, n).
-        totals = torch.zeros(3, dtype=torch.float64, device=device)
-        window = torch.zeros(3, dtype=torch.float64, device=device)
+        # Sums stay on the device so the step never waits for a host copy (see tasks.py).
+        totals = torch.zeros(SUMS, dtype=torch.float64, device=device)
+        window = torch.zeros(SUMS, dtype=torch.float64, device=device)
+        finite = state.extra.setdefault("finite", torch.ones((), dtype=torch.bool, device=device))
         window_start = epoch_start = time.perf_counter()
         waited = 0.0  # seconds the loop spent waiting for its next batch
         while not state.stop_training:
@@ -211,11 +223,12 @@ class Trainer:
                 break
             callbacks.call("on_step_begin", state)
             step_totals = self.train_step(state, group)
+            finite &= torch.isfinite(step_totals[0])  # on the device: read before backups and logs
             totals += step_totals
             window += step_totals
             state.global_step += 1
             state.step_in_epoch += 1
-            state.last_step_examples = sum(len(b[-1]) for b in group) * state.strategy.num_replicas
+            state.last_step_examples = sum(num_examples(b) for b in group) * state.strategy.num_replicas
             logs = {}
             if state.global_step % self.log_every_steps == 0:
                 logs = self.window_logs(state, window, time.perf_counter() - window_start)
@@ -224,19 +237,39 @@ class Trainer:
             callbacks.call("on_step_end", state, logs)
             if self.max_steps and state.global_step >= self.max_steps:
                 state.stop_training = True
-        loss_sum, correct, count = self.strategy.reduce(totals, "sum").tolist()
-        wait_fraction = float(self.strategy.reduce(waited / max(time.perf_counter() - epoch_start, 1e-9), "max"))
-        state.extra["epoch_logs"] = {"train_loss": loss_sum / max(count, 1),
-                                     "train_accuracy": correct / max(count, 1),
-                                     "input_wait_fraction": wait_fraction}
+        epoch = self.task.summarize(self.strategy.reduce(totals, "sum").tolist())
+        self.check_finite(state, epoch["loss"])
+        seconds = max(time.perf_counter() - epoch_start, 1e-9)
+        wait_fraction = float(self.strategy.reduce(waited / seconds, "max"))
+        logs = {f"train_{k}": v for k, v in epoch.items() if k not in ("examples", "tokens")}
+        state.extra["epoch_logs"] = {**logs, "input_wait_fraction": wait_fraction}
+        if "tokens" in epoch:
+            state.extra["throughput"] = {"tokens": epoch["tokens"],
+                                         "tokens_per_second": epoch["tokens"] / seconds}
+
+    def check_finite(self, state: TrainState, loss: float) -> None:
+        """Stop (one line, exit 2) when the loss has been non-finite at any step so far."""
+        if math.isfinite(loss) and bool(self.strategy.reduce(
+                state.extra["finite"].double(), "min")):
+            return
+        became = f"{loss} at step" if not math.isfinite(loss) else "non-finite by step"
+        raise HpmodelError(f"the training loss became {became} {state.global_step}: lower "
+                           "optimizer.lr, enable train.clip_grad_norm, or use precision "
+                           "bf16/fp32 (no backup of this state was written)")
 
     def train_step(self, state: TrainState, group: list) -> torch.Tensor:
         """One optimizer step over ``group`` micro-batches, weighted so it equals one large batch."""
         device = state.strategy.device
         with offload_activations(device, enabled=self.offload_activations):
             if isinstance(state.strategy, OwnsForwardBackward):  # pipeline parallelism
-                sums = state.strategy.run_micro_batches(state.model, group, self.loss_fn, scaler=state.scaler,
-                           context=lambda: autocast(self.precision, device))
+                if self.task.name != "classification":
+                    raise HpmodelError(f"strategy 'pipeline' trains (x, y) classification "
+                                       f"batches, not task '{self.task.name}': use mirrored or "
+                                       "sharded for it")
+                sums = state.strategy.run_micro_batches(
+                    state.model, group, self.loss_fn, scaler=state.scaler,
+                    context=lambda: autocast(self.precision, device))
+                sums = torch.cat([sums, sums[2:3]])  # examples = weight for classification
             else:
                 sums = self.micro_batch_steps(state, group)
         if self.clip_grad_norm:
@@ -250,60 +283,49 @@ class Trainer:
         return sums
 
     def micro_batch_steps(self, state: TrainState, group: list) -> torch.Tensor:
-        """Forward and backward of each batch of ``group``; returns (loss·n, correct, n)."""
+        """Forward and backward of each batch of ``group``; returns the task's sums."""
         device = state.strategy.device
-        total = sum(len(batch[-1]) for batch in group)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        group = [move_to(batch, device) for batch in group]
+        weights = [self.task.weight(batch) for batch in group]
+        total = sum(weights)  # examples or tokens: each micro-batch counts by its share
+        sums = torch.zeros(SUMS, dtype=torch.float64, device=device)
         for index, batch in enumerate(group):
-            tensors = [t.to(device, non_blocking=True) for t in batch]
-            x, y = tensors[:2]
             last = index == len(group) - 1
             sync = contextlib.nullcontext() if last else state.strategy.no_sync(state.model)
             with sync:
                 with autocast(self.precision, device):
-                    logits = state.model(x)
-                    # A loss with ``wants_batch`` also reads the batch's other tensors (distillation).
-                    loss = (self.loss_fn(logits, y, tensors) if getattr(self.loss_fn, "wants_batch", False)
-                            else self.loss_fn(logits, y))
-                scaled = loss * (len(y) / total)
+                    loss, step_sums = self.task.step(state.forward_model, batch)
+                scaled = loss * (weights[index] / total)
                 if state.scaler is not None:
                     scaled = state.scaler.scale(scaled)
                 state.strategy.backward(scaled)
-            with torch.no_grad():
-                sums[0] += loss.detach().double() * len(y)
-                sums[1] += (logits.argmax(-1) == y).sum()
-                sums[2] += len(y)
+            sums += step_sums
         return sums
 
     def window_logs(self, state: TrainState, window: torch.Tensor, seconds: float) -> dict[str, float]:
-        loss_sum, correct, count = self.strategy.reduce(window, "sum").tolist()
-        loss = loss_sum / max(count, 1)
-        if not math.isfinite(loss):
-            raise HpmodelError(f"the training loss became {loss} at step {state.global_step}: lower "
-                               "optimizer.lr, enable train.clip_grad_norm, or use precision bf16/fp32")
-        return {"loss": loss, "accuracy": correct / max(count, 1),
-                "lr": state.optimizer.param_groups[0]["lr"],
-                "examples_per_second": count / max(seconds, 1e-9)}
+        scores = self.task.summarize(self.strategy.reduce(window, "sum").tolist())
+        self.check_finite(state, scores["loss"])
+        logs = {k: v for k, v in scores.items() if k not in ("examples", "tokens")}
+        logs.update(lr=state.optimizer.param_groups[0]["lr"],
+                    examples_per_second=scores["examples"] / max(seconds, 1e-9))
+        if "tokens" in scores:
+            logs["tokens_per_second"] = scores["tokens"] / max(seconds, 1e-9)
+        return logs
 
     def evaluate_model(self, model: nn.Module, data) -> dict[str, float]:
-        """Loss, accuracy and example count over ``data`` on this strategy (all processes)."""
+        """The task's metrics (loss, accuracy, ...) over ``data``, reduced over all processes."""
         device = self.strategy.device
         batches = self.strategy.distribute(self.as_batches(data, shuffle=False))
         model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        sums = torch.zeros(SUMS, dtype=torch.float64, device=device)
         with torch.no_grad(), autocast(self.precision, device):
             owns = isinstance(self.strategy, OwnsForwardBackward)
             for batch in batches:
                 if owns:  # only a pipeline's last stage has logits: it sums, others add 0
-                    sums += self.strategy.run_micro_batches(model, [batch], self.loss_fn,
+                    three = self.strategy.run_micro_batches(model, [batch], self.loss_fn,
                                                             train=False)
+                    sums += torch.cat([three, three[2:3]])
                     continue
-                x, y = (t.to(device, non_blocking=True) for t in batch[:2])
-                logits = model(x)
-                sums[0] += self.loss_fn(logits.float(), y).double() * len(y)
-                sums[1] += (logits.argmax(-1) == y).sum()
-                sums[2] += len(y)
+                sums += self.task.step(model, move_to(batch, device))[1]
         model.train()
-        loss_sum, correct, count = self.strategy.reduce(sums, "sum").tolist()
-        return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
-                "examples": int(count)}
+        return self.task.summarize(self.strategy.reduce(sums, "sum").tolist())
