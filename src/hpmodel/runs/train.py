@@ -65,7 +65,7 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
         callbacks.append(KillOnce(int(rank), int(step)))
     trainer = build_trainer(cfg, strategy, callbacks)
     result = trainer.fit_in_process(factory, optimizer_factory(cfg.optimizer), splits.train,
-                                    cfg.train.epochs, splits.val)
+                                    cfg.train.epochs, splits.val if len(splits.val) else None)
     test = trainer.evaluate_model(result.wrapped_model, splits.test)
     summary = {**result.summary, **{f"test_{k}": v for k, v in test.items()},
                **{f"baseline_{k}": v for k, v in splits.baselines.items()},
