@@ -18,6 +18,7 @@ Example::
 """
 
 from .core import AUTOTUNE, INFINITE, UNKNOWN, CorruptRecordError
+from .diagnose import why_waited
 from .constructors import from_dataset, from_shards, from_tensors
 from .interleave import list_shards
 from .pipeline import Pipeline
@@ -30,5 +31,5 @@ __all__ = [
     "AUTOTUNE", "Batches", "INFINITE", "UNKNOWN", "CorruptRecordError", "Pipeline", "ShardWriter",
     "build_write_parser", "data_write_main", "decode_element", "encode_element",
     "from_dataset", "from_shards", "from_tensors", "list_shards", "read_index",
-    "read_shard", "read_tar", "write_shards", "write_text_shards",
+    "read_shard", "read_tar", "why_waited", "write_shards", "write_text_shards",
 ]
