@@ -18,7 +18,9 @@ Example::
 """
 
 from .core import AUTOTUNE, INFINITE, UNKNOWN, CorruptRecordError
-from .constructors import from_dataset, from_shards, from_tensors
+from .diagnose import why_waited
+from .constructors import from_dataset, from_shards, from_tensors, sample_from
+from .interop import PipelineLoader
 from .interleave import list_shards
 from .pipeline import Pipeline
 from .protocol import Batches
@@ -27,8 +29,8 @@ from .shards import ShardWriter, read_index, read_shard, read_tar
 from .writer import build_write_parser, data_write_main, write_shards, write_text_shards
 
 __all__ = [
-    "AUTOTUNE", "Batches", "INFINITE", "UNKNOWN", "CorruptRecordError", "Pipeline", "ShardWriter",
+    "AUTOTUNE", "Batches", "PipelineLoader", "INFINITE", "UNKNOWN", "CorruptRecordError", "Pipeline", "ShardWriter",
     "build_write_parser", "data_write_main", "decode_element", "encode_element",
     "from_dataset", "from_shards", "from_tensors", "list_shards", "read_index",
-    "read_shard", "read_tar", "write_shards", "write_text_shards",
+    "read_shard", "read_tar", "sample_from", "why_waited", "write_shards", "write_text_shards",
 ]

@@ -1,4 +1,4 @@
-"""Where pipelines start: ``from_tensors``, ``from_dataset`` and ``from_shards``.
+"""Where pipelines start: ``from_tensors``, ``from_dataset``, ``from_shards``, ``sample_from``.
 
 Each returns a :class:`~hpmodel.data.pipeline.Pipeline` over a source node
 (:mod:`.sources` for tensors and Datasets, :mod:`.interleave` for shard files).
@@ -17,6 +17,7 @@ from torch.utils.data import IterableDataset
 
 from .core import random_seed
 from .interleave import InterleaveNode, list_shards
+from .mixing import SampleNode, check_weights
 from .pipeline import Pipeline
 from .shards import count_records, fetch_blocks, is_tar, parse_blocks
 from .sources import IndexSource, IterableSource, TensorSlicer, _as_tensor, _Returns
@@ -114,3 +115,25 @@ def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool =
                           num_parallel_calls=None, deterministic=True, opener=fetch_blocks,
                           finisher=_ShardFinisher(ignore_errors), sizer=_shard_size)
     return Pipeline(node)
+
+
+def sample_from(pipelines: list, weights=None, seed: int | None = None,
+                stop_on: str = "first_exhausted") -> Pipeline:
+    """Mix ``pipelines``: each element from pipeline i with probability ``weights[i]``.
+
+    tf.data's ``sample_from_datasets``: ``stop_on="first_exhausted"`` ends the epoch
+    when an exhausted pipeline is drawn; ``"all_exhausted"`` renormalises over those
+    left until all are done. Deterministic for a seed (and epoch); ``state_dict`` /
+    ``load_state_dict`` resume exactly. Uniform weights when None.
+
+    Example::
+
+        mixed = sample_from([a, b], [0.75, 0.25], seed=0, stop_on="all_exhausted").batch(32)
+    """
+    pipelines = list(pipelines)
+    if not all(isinstance(p, Pipeline) for p in pipelines):
+        raise ValueError("sample_from mixes hpmodel.data pipelines: wrap tensors with "
+                         "from_tensors() and Datasets with from_dataset() first")
+    w = check_weights(len(pipelines), weights, stop_on)
+    seed = random_seed() if seed is None else int(seed)
+    return Pipeline(SampleNode([p._node for p in pipelines], w, seed, stop_on))

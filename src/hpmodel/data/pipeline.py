@@ -23,6 +23,7 @@ from .prefetch import DeviceNode, PrefetchNode
 from .interleave import InterleaveNode
 from .sharding import shard_pipeline
 from .sources import IndexSource
+from .interop import PipelineLoader
 
 clock = time.perf_counter
 
@@ -190,7 +191,7 @@ class Pipeline:
         return self._then(stages.RepeatNode(self._node, count))
 
     def take(self, count: int) -> "Pipeline":
-        """At most the first ``count`` elements.
+        """At most the first ``count`` elements; ``take(-1)`` keeps all (as in tf.data).
 
         Example::
 
@@ -200,7 +201,7 @@ class Pipeline:
         return self._then(stages.TakeNode(self._node, count))
 
     def skip(self, count: int) -> "Pipeline":
-        """All elements but the first ``count``.
+        """All elements but the first ``count``; ``skip(-1)`` skips all (as in tf.data).
 
         Example::
 
@@ -231,6 +232,19 @@ class Pipeline:
         """
         check_positive("buffer_size", buffer_size, allow_autotune=True)
         return self._then(DeviceNode(self._node, torch.device(device), buffer_size))
+
+    def as_dataloader(self) -> "PipelineLoader":
+        """This pipeline where a torch DataLoader / IterableDataset is expected.
+
+        Each ``iter`` is one epoch (the next one after a complete pass); it has ``len``,
+        ``set_epoch``, ``state_dict``/``load_state_dict`` and ``batch_size``.
+
+        Example::
+
+            for xb, yb in pipe.as_dataloader():   # or hand it to Lightning / a plain loop
+                ...
+        """
+        return PipelineLoader(self)
 
     def with_options(self, cpu_budget: int | None = None) -> "Pipeline":
         """The same pipeline with AUTOTUNE limited to ``cpu_budget`` worker threads/processes.
@@ -384,5 +398,5 @@ class Pipeline:
 
 
 def _check_count(name: str, count: int) -> None:
-    if not isinstance(count, int) or count < 0:
-        raise ValueError(f"{name} count must be a non-negative int, got {count!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or count < -1:
+        raise ValueError(f"{name} count must be a non-negative int or -1 (all), got {count!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import stages
 from .core import Node
+from .mixing import SampleNode
 from .sources import IndexSource
 
 STATE_VERSION = 1
@@ -17,7 +18,7 @@ STATE_VERSION = 1
 def position_state(chain: list[Node], epoch: int, position: int) -> dict:
     """The JSON-safe state of a pipeline whose nodes (root first) are ``chain``."""
     return {"version": STATE_VERSION, "epoch": epoch, "position": position,
-            "seeds": [s for s in (_seed_of(n) for n in chain) if s is not None],
+            "seeds": [s for n in chain for s in _seeds_of(n)],
             "stages": [n.kind for n in chain]}
 
 
@@ -28,15 +29,45 @@ def restored_chain(chain: list[Node], state: dict) -> Node:
         raise ValueError(f"data state was saved from a different pipeline "
                          f"({state.get('stages')} vs {kinds}): rebuild the same pipeline "
                          "before load_state_dict")
-    seeds = list(state["seeds"])
-    if len(seeds) != sum(_seed_of(n) is not None for n in chain):
+    seeds = [int(s) for s in state["seeds"]]
+    if len(seeds) != sum(len(_seeds_of(n)) for n in chain):
         raise ValueError("data state has a different number of shuffle seeds than this "
                          "pipeline: rebuild the same pipeline before load_state_dict")
-    new = [n.clone(None) if _seed_of(n) is not None else n for n in chain]
-    for n in new:
-        if _seed_of(n) is not None:
-            _set_seed(n, int(seeds.pop(0)))
+    new = [_with_seeds(n, seeds) if _seeds_of(n) else n for n in chain]
     return rebuild(new)
+
+
+def _chain_of(node: Node) -> list[Node]:
+    chain = []
+    while node is not None:
+        chain.append(node)
+        node = node.upstream
+    return chain[::-1]
+
+
+def _seeds_of(node: Node) -> list[int]:
+    """The seeds that define ``node``'s order: its own, and those of a mix's inputs."""
+    if isinstance(node, SampleNode):
+        return [node.seed] + [s for tip in node.inputs for n in _chain_of(tip)
+                              for s in _seeds_of(n)]
+    seed = _seed_of(node)
+    return [] if seed is None else [seed]
+
+
+def _with_seeds(node: Node, seeds: list[int]) -> Node:
+    """A clone of ``node`` taking its seeds from the front of ``seeds`` (consumed)."""
+    new = node.clone(node.upstream)
+    if isinstance(node, SampleNode):
+        new.seed = seeds.pop(0)
+        inputs = []
+        for tip in node.inputs:
+            chain = _chain_of(tip)
+            inputs.append(rebuild([_with_seeds(n, seeds) if _seeds_of(n) else n
+                                   for n in chain]))
+        new.inputs = inputs
+        return new
+    _set_seed(new, seeds.pop(0))
+    return new
 
 
 def _seed_of(node: Node) -> int | None:

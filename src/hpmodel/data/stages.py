@@ -195,7 +195,7 @@ class RepeatNode(Node):
 
 
 class TakeNode(Node):
-    """At most the first ``count`` elements.
+    """At most the first ``count`` elements (all of them when ``count`` is -1).
 
     Example::
 
@@ -209,18 +209,22 @@ class TakeNode(Node):
         self.count = count
 
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
+        if self.count < 0:
+            return self.upstream.iterate(ctx, skip)
         start = min(skip, self.count)
         return itertools.islice(self.upstream.iterate(ctx, start), self.count - start)
 
     def cardinality(self) -> int:
         n = self.upstream.cardinality()
+        if self.count < 0:
+            return n
         if n == INFINITE:
             return self.count
         return min(n, self.count) if n >= 0 else n
 
 
 class SkipNode(Node):
-    """All but the first ``count`` elements.
+    """All but the first ``count`` elements (none when ``count`` is -1).
 
     Example::
 
@@ -234,10 +238,14 @@ class SkipNode(Node):
         self.count = count
 
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
+        if self.count < 0:
+            return iter(())
         return self.upstream.iterate(ctx, self.count + skip)
 
     def cardinality(self) -> int:
         n = self.upstream.cardinality()
+        if self.count < 0:
+            return 0
         return max(0, n - self.count) if n >= 0 else n
 
 
