@@ -110,6 +110,8 @@ class Trainer:
         timer = callbacks.callbacks[0]
         callbacks.call("on_train_begin", state)
         while state.epoch < epochs and not state.stop_training:
+            if self.max_steps and state.global_step >= self.max_steps and not state.step_in_epoch:
+                break  # resumed from a backup taken after the last step's epoch ended
             self.run_epoch(state, callbacks)
             logs = dict(state.extra.pop("epoch_logs", {}))
             if val_data is not None:
@@ -216,6 +218,9 @@ class Trainer:
         window_start = epoch_start = time.perf_counter()
         waited = 0.0  # seconds the loop spent waiting for its next batch
         while not state.stop_training:
+            if self.max_steps and state.global_step >= self.max_steps:  # e.g. resumed at the end
+                state.stop_training = True
+                break
             fetch_start = time.perf_counter()
             group = list(itertools.islice(batches, self.grad_accum))
             waited += time.perf_counter() - fetch_start
