@@ -182,6 +182,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(read_toml(path, overrides))
 
 
+def load_run_config(path: str | Path, trust_model_target: bool = False) -> RunConfig:
+    """The ``config.toml`` of a run directory, for evaluate / compress / distill.
+
+    A ``model.target`` there names code that building the model would import and run, and
+    a run directory may come from anyone, so it is refused unless ``trust_model_target``
+    (``--trust-model-target``), like Hugging Face's ``trust_remote_code``.
+
+    Example::
+
+        cfg = load_run_config("runs/digits/config.toml")
+        cfg = load_run_config("runs/mine/config.toml", trust_model_target=True)  # my own model code
+    """
+    cfg = load_config(path)
+    if cfg.model.target and not trust_model_target:
+        raise ConfigError(f"'{path}' sets model.target = '{cfg.model.target}', code that building its "
+                          "model would import and run: pass --trust-model-target "
+                          "(trust_model_target=True) only if you trust this run directory")
+    return cfg
+
+
 def config_from_dict(raw: dict) -> RunConfig:
     """Validate a parsed TOML document into a :class:`RunConfig`."""
     if not isinstance(raw, dict):
