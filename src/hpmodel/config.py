@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(read_toml(path, overrides))
 
 
+def load_run_config(path: str | Path, trust_model_target: bool = False) -> RunConfig:
+    """The ``config.toml`` of a run directory, for evaluate / compress / distill.
+
+    A ``model.target`` there names code that building the model would import and run, and
+    a run directory may come from anyone, so it is refused unless ``trust_model_target``
+    (``--trust-model-target``), like Hugging Face's ``trust_remote_code``.
+
+    Example::
+
+        cfg = load_run_config("runs/digits/config.toml")
+        cfg = load_run_config("runs/mine/config.toml", trust_model_target=True)  # my own model code
+    """
+    cfg = load_config(path)
+    if cfg.model.target and not trust_model_target:
+        raise ConfigError(f"'{path}' sets model.target = '{cfg.model.target}', code that building its "
+                          "model would import and run: pass --trust-model-target "
+                          "(trust_model_target=True) only if you trust this run directory")
+    return cfg
+
+
 def config_from_dict(raw: dict) -> RunConfig:
     """Validate a parsed TOML document into a :class:`RunConfig`."""
     if not isinstance(raw, dict):
@@ -205,22 +226,92 @@ def config_from_dict(raw: dict) -> RunConfig:
 
 
 def _check_ranges(cfg: RunConfig) -> None:
-    positive = {
-        "data.batch_size": cfg.data.batch_size,
-        "train.grad_accum": cfg.train.grad_accum,
-        "model.width": cfg.model.width,
-        "model.heads": cfg.model.heads,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} = {value} must be at least 1")
-    if cfg.model.depth < 0:
-        raise ConfigError(f"model.depth = {cfg.model.depth} must be 0 (a linear model) or more")
-    if cfg.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr = {cfg.optimizer.lr} must be positive")
+    """Every numeric key inside its range: one ConfigError naming the key, the rule and the fix."""
+    for key, ok, rule in _range_rules(cfg):
+        value = _value(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key} = {value!r} {rule}: fix it in the config or with --set {key}=VALUE")
     if cfg.train.epochs < 1 and cfg.train.max_steps < 1:
-        raise ConfigError("train.epochs must be at least 1 (or set train.max_steps)")
-    if not 0 <= cfg.data.val_fraction < 1 or not 0 < cfg.data.test_fraction < 1:
-        raise ConfigError("data.val_fraction must be in [0, 1) and data.test_fraction in (0, 1)")
+        raise ConfigError("train.epochs = 0 and train.max_steps = 0 train nothing: set train.epochs "
+                          "to at least 1 (or set train.max_steps)")
+    _check_data_shape(cfg.data)
+    _check_inject_kill(cfg.train.inject_kill)
+    uses_heads = cfg.model.name in ("transformer", "gpt") and not cfg.model.target
+    if uses_heads and cfg.model.width % cfg.model.heads:
+        raise ConfigError(f"model.width = {cfg.model.width} is not divisible by model.heads = "
+                          f"{cfg.model.heads}: choose heads that divide the width (e.g. model.heads = "
+                          f"{_divisor_near(cfg.model.width, cfg.model.heads)})")
 
 
+def _finite(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
+    """A predicate: ``value`` is a finite number in the interval (ends open or closed)."""
+    def ok(value) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return above and below
+    return ok
+
+
+def _range_rules(cfg: RunConfig) -> list[tuple[str, Any, str]]:
+    at_least = {0: _finite(0), 1: _finite(1)}
+    rules = [
+        ("seed", at_least[0], "must be 0 or more"),
+        ("data.batch_size", at_least[1], "must be at least 1"),
+        ("data.val_fraction", _finite(0, 1, high_open=True), "must be in [0, 1)"),
+        ("data.test_fraction", _finite(0, 1, low_open=True, high_open=True), "must be in (0, 1)"),
+        ("data.noise", at_least[0], "must be a finite number, 0 or more"),
+        ("model.width", at_least[1], "must be at least 1"),
+        ("model.depth", at_least[0], "must be 0 (a linear model) or more"),
+        ("model.heads", at_least[1], "must be at least 1"),
+        ("model.dropout", _finite(0, 1, high_open=True), "must be a probability in [0, 1)"),
+        ("optimizer.lr", _finite(0, low_open=True), "must be a positive finite number (e.g. 3e-3)"),
+        ("optimizer.weight_decay", at_least[0], "must be a finite number, 0 (off) or more"),
+        ("optimizer.momentum", _finite(0, 1, high_open=True), "must be in [0, 1) (e.g. 0.9)"),
+        ("schedule.warmup_steps", at_least[0], "must be 0 (no warm-up) or more"),
+        ("schedule.min_lr_ratio", _finite(0, 1), "must be a share of optimizer.lr in [0, 1]"),
+        ("train.epochs", at_least[0], "must be 0 or more"),
+        ("train.max_steps", at_least[0], "must be 0 (no limit) or more"),
+        ("train.grad_accum", at_least[1], "must be at least 1"),
+        ("train.clip_grad_norm", at_least[0], "must be 0 (off) or a positive finite norm (e.g. 1.0)"),
+        ("train.early_stopping_patience", at_least[0], "must be 0 (off) or more epochs"),
+        ("train.log_every_steps", at_least[1], "must be at least 1 step"),
+        ("backup.every_steps", at_least[0], "must be 0 (off) or more steps"),
+    ]
+    if cfg.data.name == "synthetic":
+        rules.append(("data.num_examples", at_least[1], "must be at least 1 example"))
+    if cfg.data.name in ("synthetic", "shards"):
+        rules.append(("data.num_classes", _finite(2), "must be at least 2 classes"))
+    return rules
+
+
+def _value(cfg: RunConfig, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_data_shape(data: DataConfig) -> None:
+    if data.name != "synthetic":
+        return  # the shape of other sources comes from their files
+    ok = bool(data.shape) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                                  for d in data.shape)
+    if not ok:
+        raise ConfigError(f"data.shape = {data.shape!r} must be a non-empty list of positive "
+                          "integers: e.g. data.shape = [64] or [1, 8, 8]")
+
+
+def _check_inject_kill(value: list) -> None:
+    if not value:
+        return
+    ints = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    if len(value) != 2 or len(ints) != 2 or ints[0] < 0 or ints[1] < 1:
+        raise ConfigError(f"train.inject_kill = {value!r} must be [rank, step] (two integers, rank 0 "
+                          "or more, step 1 or more) or [] (off): e.g. train.inject_kill = [1, 5]")
+
+
+def _divisor_near(width: int, heads: int) -> int:
+    """The divisor of ``width`` closest to ``heads`` (a suggestion for the message)."""
+    return min((d for d in range(1, width + 1) if width % d == 0), key=lambda d: (abs(d - heads), d))

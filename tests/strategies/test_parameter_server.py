@@ -111,10 +111,11 @@ def test_sigkilled_worker_is_replaced_and_run_completes(tmp_path):
                             text=True)
     try:
         deadline = time.monotonic() + 120
-        while not any(r.get("step", 0) >= 30 for r in read_metrics(out) if r["kind"] == "step"):
+        live = out / ".partial"  # a running run's files; moved into out when it finishes
+        while not any(r.get("step", 0) >= 30 for r in read_metrics(live) if r["kind"] == "step"):
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
             time.sleep(0.02)
-        pid = json.loads((out / "ps-cluster.json").read_text())["pids"]["worker1"]
+        pid = json.loads((live / "ps-cluster.json").read_text())["pids"]["worker1"]
         os.kill(pid, signal.SIGKILL)
         output, _ = proc.communicate(timeout=150)
     finally:

@@ -205,20 +205,22 @@ def qat_rows(work: Path, quick: bool, scale: float) -> list[dict[str, Any]]:
     outlier = work / "relu-mlp-outliers"
     shutil.copytree(run, outlier, dirs_exist_ok=True)
     save_weights(outlier / "model.safetensors", add_outliers(load_weights(run / "model.safetensors"), scale))
-    source = load_source(outlier)
+    source = load_source(outlier, trust_model_target=True)  # the bench's own relu_mlp
     options = CompressOptions(fine_tune_epochs=2 if quick else 3)
     scores = {"fp32": _accuracy(source.model, source)}
     for mode in ("static-int8", "qat"):
-        scores[mode] = evaluate_variant(build_variant(source, mode, work / "qat", options))["test_accuracy"]
+        scores[mode] = evaluate_variant(build_variant(source, mode, work / "qat", options),
+                                        trust_model_target=True)["test_accuracy"]
     # control: the same fine-tuning without fake quantization, then static int8
     control_dir = work / "control"
     shutil.copytree(outlier, control_dir, dirs_exist_ok=True)
     tuned = fine_tune(source, source.fresh_model(), options)
     save_weights(control_dir / "model.safetensors", tuned.state_dict())
-    control = load_source(control_dir)
+    control = load_source(control_dir, trust_model_target=True)
     scores["fp32 fine-tuned"] = _accuracy(control.model, control)
     scores["fp32 fine-tuned → static-int8"] = evaluate_variant(
-        build_variant(control, "static-int8", work / "control-v", options))["test_accuracy"]
+        build_variant(control, "static-int8", work / "control-v", options),
+        trust_model_target=True)["test_accuracy"]
     lost = scores["fp32"] - scores["static-int8"]
     return [{"case": "qat-recovery", "variant": name, "accuracy": value,
              "points_vs_fp32": 100 * (value - scores["fp32"]),

@@ -24,6 +24,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--servers", type=int, help="parameter servers")
 
 
+def add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-model-target``: let a run directory's ``model.target`` import its code."""
+    parser.add_argument("--trust-model-target", action="store_true",
+                        help="import and run the model.target code named in a run directory's "
+                             "config.toml (off: such a run is refused; like trust_remote_code)")
+
+
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
     """``--strategy`` and strategy flags as ``key=value`` overrides, then every ``--set``."""
     overrides = []

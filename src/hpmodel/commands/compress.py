@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hpmodel.commands.common import add_trust_argument
+
 
 def add_parser(sub) -> None:
     from hpmodel.compress.variants import CPU_MODES, MODES
@@ -18,6 +20,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for QAT and pruning")
     parser.add_argument("--calibration-batches", type=int, default=8, help="batches for static int8")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per latency")
+    add_trust_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -29,5 +32,6 @@ def run(args) -> int:
     options = CompressOptions(modes=modes, sparsity=args.sparsity,
                               structured_amount=args.structured_amount, fine_tune_epochs=args.epochs,
                               calibration_batches=args.calibration_batches)
-    compress_run(args.run_dir, args.out, options, repeats=args.repeats)
+    compress_run(args.run_dir, args.out, options, repeats=args.repeats,
+                 trust_model_target=args.trust_model_target)
     return 0

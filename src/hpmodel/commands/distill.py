@@ -4,7 +4,7 @@ then write the report (report.md, summary.json) into DIR."""
 
 from __future__ import annotations
 
-from hpmodel.commands.common import add_config_arguments, overrides_from_args
+from hpmodel.commands.common import add_config_arguments, add_trust_argument, overrides_from_args
 
 
 def add_parser(sub) -> None:
@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
                         help="a run directory written by 'hpmodel train' (repeat for several)")
     parser.add_argument("--out", required=True, help="run directory to write")
     add_config_arguments(parser)
+    add_trust_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -22,7 +23,8 @@ def run(args) -> int:
     from hpmodel.reporting.distill import markdown_table
 
     cfg, dcfg = load_distill_config(args.config, overrides_from_args(args))
-    summary = distill_from_config(cfg, dcfg, args.teacher, args.out)
+    summary = distill_from_config(cfg, dcfg, args.teacher, args.out,
+                                  trust_model_target=args.trust_model_target)
     print(f"hpmodel distill → {args.out}\n\n{markdown_table(summary['report'])}\n")  # as in report.md
     gap = summary.get("gap_recovered")
     if gap is not None:

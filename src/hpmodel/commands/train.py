@@ -12,6 +12,8 @@ def add_parser(sub) -> None:
     parser = sub.add_parser("train", help="train a model from a TOML config")
     parser.add_argument("config", help="TOML configuration file")
     parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run in --out (its files stay until the new run ends)")
     add_config_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -23,7 +25,7 @@ def run(args) -> int:
     from hpmodel.runs.train import train_from_config
 
     cfg = load_config(args.config, overrides_from_args(args))
-    summary = train_from_config(cfg, args.out)
+    summary = train_from_config(cfg, args.out, overwrite=args.overwrite)
     print_summary(summary, title=f"hpmodel train → {args.out}")
     report = write_train_report(args.out, summary, command=shlex.join(["hpmodel", *sys.argv[1:]]))
     print(f"report: {report}")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.config import load_config
+from hpmodel.config import load_run_config
 from hpmodel.datasets import load_splits
 from hpmodel.models import build_model
 from hpmodel.kernel.files import load_weights
@@ -169,8 +169,9 @@ class Ensemble(nn.Module):
         return torch.log(probs.clamp_min(1e-12))  # (B, C)
 
 
-def load_teacher(run_dir: str | Path):
-    """A frozen model and its RunConfig from a run directory written by ``hpmodel train``.
+def load_teacher(run_dir: str | Path, trust_model_target: bool = False):
+    """A frozen model and its RunConfig from a run directory written by ``hpmodel train``;
+    a ``model.target`` in its config.toml is imported only with ``trust_model_target``.
 
     Example::
 
@@ -181,7 +182,7 @@ def load_teacher(run_dir: str | Path):
     if not (run_dir / "config.toml").is_file():
         raise HpmodelError(f"teacher '{run_dir}' has no config.toml: give a run directory "
                            "written by 'hpmodel train'")
-    cfg = load_config(run_dir / "config.toml")
+    cfg = load_run_config(run_dir / "config.toml", trust_model_target)
     splits = load_splits(cfg.data, cfg.seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes)
     missing, unexpected = model.load_state_dict(load_weights(run_dir / "model.safetensors"),

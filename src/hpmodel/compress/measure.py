@@ -62,14 +62,16 @@ def latency_ms(predict, example: torch.Tensor, repeats: int) -> float:
     return 1000 * timed(lambda: predict(example), repeats=repeats, warmup=10)
 
 
-def measure_variant(folder: Path, repeats: int = 20, threads: int = 0) -> dict[str, Any]:
-    """One table row: accuracy, parameters, file sizes and latencies of a variant folder."""
+def measure_variant(folder: Path, repeats: int = 20, threads: int = 0,
+                    trust_model_target: bool = False) -> dict[str, Any]:
+    """One table row: accuracy, parameters, file sizes and latencies of a variant folder
+    (``trust_model_target``: its config's ``model.target`` may be imported)."""
     info = read_json(folder / "variant.json")
     row: dict[str, Any] = {"mode": info["mode"], "format": info["format"], "dtype": info["dtype"]}
     row.update({k: info[k] for k in ("weight_bytes", "fp32_weight_bytes", "x_smaller_weights") if k in info})
     gpu_only = bool(info.get("apply")) and not torch.cuda.is_available()
     if not gpu_only:
-        row.update(variants.evaluate_variant(folder))
+        row.update(variants.evaluate_variant(folder, trust_model_target=trust_model_target))
     row["parameters"] = parameter_count(folder)
     main_file = folder / ("model.onnx" if info["format"] == "onnx" else "model.safetensors")
     row.update(file_sizes(main_file))
@@ -84,11 +86,11 @@ def measure_variant(folder: Path, repeats: int = 20, threads: int = 0) -> dict[s
             x = torch.randn(batch, *shape).numpy()
             row[f"ort_cpu_ms_b{batch}"] = latency_ms(runner.run_numpy, x, repeats)
     if info["format"] == "torch" and not info.get("apply"):
-        predictor = variants.load_torch_variant(folder, info, "cpu")
+        predictor = variants.load_torch_variant(folder, info, "cpu", trust_model_target)
         for batch in BATCHES:
             row[f"torch_cpu_ms_b{batch}"] = latency_ms(predictor, torch.randn(batch, *shape), repeats)
     if torch.cuda.is_available() and info["format"] == "torch":
-        predictor = variants.load_torch_variant(folder, info, "cuda")
+        predictor = variants.load_torch_variant(folder, info, "cuda", trust_model_target)
         for batch in BATCHES:
             x = torch.randn(batch, *shape, device="cuda")
             row[f"torch_gpu_ms_b{batch}"] = latency_ms(predictor, x, repeats)

@@ -34,7 +34,7 @@ from hpmodel.kernel.files import load_weights, read_json, save_weights, write_js
 from hpmodel.datasets import load_splits
 from hpmodel.models import build_model
 from hpmodel.strategies import get_strategy
-from hpmodel.config import ScheduleConfig, load_config
+from hpmodel.config import ScheduleConfig, load_run_config
 from hpmodel.train.optim import optimizer_factory, schedule_factory
 from hpmodel.train.trainer import Trainer
 import importlib.util
@@ -78,11 +78,12 @@ class SourceRun:
         return copy.deepcopy(self.model)
 
 
-def load_source(run_dir: str | Path) -> SourceRun:
-    """Load ``config.toml`` + ``model.safetensors`` of a run directory (clear errors when broken)."""
+def load_source(run_dir: str | Path, trust_model_target: bool = False) -> SourceRun:
+    """Load ``config.toml`` + ``model.safetensors`` of a run directory (clear errors when broken);
+    a ``model.target`` there is imported only with ``trust_model_target``."""
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.toml")
+    cfg = load_run_config(run_dir / "config.toml", trust_model_target)
     splits = load_splits(cfg.data, cfg.seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes)
     _load_into(model, load_weights(run_dir / "model.safetensors"), run_dir / "model.safetensors")
@@ -293,7 +294,8 @@ def is_variant(path: str | Path) -> bool:
     return (Path(path) / "variant.json").is_file()
 
 
-def load_variant(folder: str | Path, device: str = "cpu", threads: int = 0):
+def load_variant(folder: str | Path, device: str = "cpu", threads: int = 0,
+                 trust_model_target: bool = False):
     """A callable ``x -> logits`` for a variant folder (ONNX Runtime or PyTorch) and its info.
 
     Example::
@@ -305,13 +307,15 @@ def load_variant(folder: str | Path, device: str = "cpu", threads: int = 0):
     info = read_json(folder / "variant.json")
     if info.get("format") == "onnx":
         return export.OnnxModel(folder / "model.onnx", threads=threads), info
-    return load_torch_variant(folder, info, device), info
+    return load_torch_variant(folder, info, device, trust_model_target), info
 
 
-def load_torch_variant(folder: Path, info: dict, device: str = "cpu") -> nn.Module:
-    """The variant's PyTorch module (shrunk layers, dtype and fp8 / 2:4 re-applied)."""
+def load_torch_variant(folder: Path, info: dict, device: str = "cpu",
+                       trust_model_target: bool = False) -> nn.Module:
+    """The variant's PyTorch module (shrunk layers, dtype and fp8 / 2:4 re-applied); a
+    ``model.target`` in its config.toml is imported only with ``trust_model_target``."""
 
-    cfg = load_config(folder / "config.toml")
+    cfg = load_run_config(folder / "config.toml", trust_model_target)
     splits = load_splits(cfg.data, cfg.seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes)
     weights = load_weights(folder / "model.safetensors")
@@ -347,7 +351,8 @@ class TorchPredictor(nn.Module):
             return self.model(x.to(self.device, self.dtype)).float()
 
 
-def evaluate_variant(folder: str | Path, split: str = "test") -> dict[str, Any]:
+def evaluate_variant(folder: str | Path, split: str = "test",
+                     trust_model_target: bool = False) -> dict[str, Any]:
     """Accuracy and loss of a variant folder on its run's data split (``hpmodel evaluate`` uses it).
 
     Example::
@@ -356,10 +361,10 @@ def evaluate_variant(folder: str | Path, split: str = "test") -> dict[str, Any]:
     """
 
     folder = Path(folder)
-    cfg = load_config(folder / "config.toml")
+    cfg = load_run_config(folder / "config.toml", trust_model_target)
     data = getattr(load_splits(cfg.data, cfg.seed), split)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    predict, _ = load_variant(folder, device=device)
+    predict, _ = load_variant(folder, device=device, trust_model_target=trust_model_target)
     logits = torch.cat([predict(x).cpu() for x in data.x.split(256)])
     loss = nn.functional.cross_entropy(logits, data.y).item()
     accuracy = (logits.argmax(-1) == data.y).float().mean().item()

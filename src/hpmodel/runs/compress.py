@@ -15,18 +15,28 @@ import torch
 
 from hpmodel.compress import variants
 from hpmodel.compress.measure import measure_variant
+from hpmodel.kernel.locks import DirectoryLock, make_directory
 from hpmodel.reporting.compress import write_report
 from hpmodel.reporting.console import print_rows
 from tqdm import tqdm
 
 
 def compress_run(run_dir: str | Path, out_dir: str | Path, options: variants.CompressOptions | None = None,
-                 repeats: int = 20) -> dict[str, Any]:
-    """Build, score and time each mode of ``options`` (fp32 is always included as the baseline)."""
+                 repeats: int = 20, *, trust_model_target: bool = False) -> dict[str, Any]:
+    """Build, score and time each mode of ``options`` (fp32 is always included as the baseline).
+
+    A ``model.target`` in the run's config.toml is imported only with ``trust_model_target``
+    (``--trust-model-target``); ``out_dir`` is locked while the variants are written.
+    """
 
     options = options or variants.CompressOptions()
-    out_dir = Path(out_dir)
-    source = variants.load_source(run_dir)
+    out_dir = make_directory(out_dir, "--out", "give a directory for the variants")
+    with DirectoryLock(out_dir, "compress output (--out)", fix="give another --out"):
+        return _compress(run_dir, out_dir, options, repeats, trust_model_target)
+
+
+def _compress(run_dir, out_dir: Path, options, repeats: int, trust_model_target: bool) -> dict[str, Any]:
+    source = variants.load_source(run_dir, trust_model_target)
     modes = ["fp32"] + [m for m in options.modes if m != "fp32"]
     rows, skipped = [], {}
     for mode in tqdm(modes, desc="compress", unit="variant"):
@@ -37,7 +47,7 @@ def compress_run(run_dir: str | Path, out_dir: str | Path, options: variants.Com
             skipped[mode] = f"needs {', '.join(variants.missing_packages(mode))} (pip install hpmodel[compress])"
             continue
         folder = variants.build_variant(source, mode, out_dir, options)
-        rows.append(measure_variant(folder, repeats=repeats))
+        rows.append(measure_variant(folder, repeats=repeats, trust_model_target=trust_model_target))
     summary = write_report(out_dir, rows, skipped, title=f"hpmodel compress {run_dir}")
     columns = ("mode", "test_accuracy", "parameters", "bytes", "gzip_bytes", "ort_cpu_ms_b64",
                "torch_cpu_ms_b64", "x_smaller_gzip")

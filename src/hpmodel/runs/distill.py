@@ -35,6 +35,7 @@ from hpmodel.train.callbacks import MetricsLogger
 from hpmodel.train.optim import optimizer_factory
 from hpmodel.runs.common import ModelFactory, build_strategy, build_trainer
 from hpmodel.kernel.files import atomic_write_bytes, save_weights
+from hpmodel.kernel.locks import DirectoryLock, make_directory
 
 MODES = ("average", "many-on-many", "noisy-student")
 
@@ -146,14 +147,24 @@ def train_distilled(dcfg: DistillConfig, teachers, factory, trainer, optimizer, 
 
 
 def distill_from_config(cfg: RunConfig, dcfg: DistillConfig, teacher_dirs: list,
-                        out_dir: str | Path) -> dict[str, Any]:
-    """Distill as configured into ``out_dir``; returns ``summary.json``'s content."""
-    started = time.perf_counter()
+                        out_dir: str | Path, *, trust_model_target: bool = False) -> dict[str, Any]:
+    """Distill as configured into ``out_dir``; returns ``summary.json``'s content.
+
+    A teacher's ``model.target`` is imported only with ``trust_model_target``
+    (``--trust-model-target``); the student's config is the caller's own. ``out_dir`` is
+    locked while the run lasts.
+    """
     if not teacher_dirs:
         raise HpmodelError("hpmodel distill needs at least one --teacher RUN_DIR")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loaded = [load_teacher(d) for d in teacher_dirs]
+    out_dir = make_directory(out_dir, "--out", "give a directory for the distilled run")
+    with DirectoryLock(out_dir, "run directory (--out)", fix="give another --out"):
+        return _distill(cfg, dcfg, teacher_dirs, out_dir, trust_model_target)
+
+
+def _distill(cfg: RunConfig, dcfg: DistillConfig, teacher_dirs: list, out_dir: Path,
+             trust_model_target: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    loaded = [load_teacher(d, trust_model_target) for d in teacher_dirs]
     for (_, teacher_cfg), run_dir in zip(loaded, teacher_dirs):
         check_teacher_data(cfg, teacher_cfg, run_dir)
     teachers = [model for model, _ in loaded]

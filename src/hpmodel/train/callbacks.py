@@ -21,6 +21,8 @@ from typing import Any, Callable, TextIO
 
 from tqdm.auto import tqdm
 
+from hpmodel.kernel.files import atomic_write_bytes
+
 
 class Callback:
     """Override any of these hooks; ``state`` is the live :class:`~hpmodel.train.state.TrainState`."""
@@ -74,14 +76,27 @@ class EarlyStopping(Callback):
 
 class MetricsLogger(Callback):
     """Append one JSON object per logged step and per epoch to ``metrics.jsonl``;
-    TensorBoard event files too when the ``tensorboard`` package is installed."""
+    TensorBoard event files too when the ``tensorboard`` package is installed.
+
+    After a resume (the run starts at a step > 0) the file keeps the records up to that
+    step and drops the later ones, which the resumed run writes again; a record the
+    resumed run repeats (an epoch's end redone after a backup at its last step) is not
+    written twice. So ``metrics.jsonl`` has each step once, as if the run never stopped.
+
+    Example::
+
+        Trainer(callbacks=[MetricsLogger("runs/x")])
+    """
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = True):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.tensorboard = tensorboard
         self.writer = None
+        self.started = False
+        self.seen: set[tuple] = set()  # records kept from before the resume
 
     def on_train_begin(self, state) -> None:
+        self.started, self.seen = False, set()
         if not state.strategy.is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +108,20 @@ class MetricsLogger(Callback):
             except ImportError:  # tensorboard is optional
                 self.writer = None
 
+    def on_epoch_begin(self, state) -> None:
+        self._start(state)
+
+    def _start(self, state) -> None:
+        """Once the backup (if any) is restored: trim the records after the restored step."""
+        if self.started:
+            return
+        self.started = True
+        if state.strategy.is_main and state.global_step > 0 and self.path.is_file():
+            self.seen = trim_records(self.path, state.global_step)
+
     def _write(self, state, record: dict[str, Any]) -> None:
-        if not state.strategy.is_main:
+        self._start(state)
+        if not state.strategy.is_main or record_key(record) in self.seen:
             return
         with self.path.open("a") as out:
             out.write(json.dumps(record) + "\n")
@@ -113,6 +140,25 @@ class MetricsLogger(Callback):
     def on_train_end(self, state) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def record_key(record: dict[str, Any]) -> tuple:
+    return record.get("kind"), record.get("step"), record.get("epoch")
+
+
+def trim_records(path: Path, step: int) -> set[tuple]:
+    """Keep the records of ``path`` at or before ``step`` (and no half-written last line);
+    return their keys."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(record)
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return {record_key(r) for r in kept}
 
 
 class ProgressBar(Callback):
