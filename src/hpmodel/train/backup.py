@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import shutil
 import sys
@@ -297,7 +296,8 @@ def _first_line(error: BaseException) -> str:
 
 
 # Settings that change neither the numbers nor the model: a resumed run may differ in them.
-NOT_FINGERPRINTED = {"train": ("progress", "log_every_steps", "epochs"), "backup": None,
+NOT_FINGERPRINTED = {"train": ("progress", "log_every_steps", "epochs", "inject_kill", "compile"),
+                     "backup": None,
                      "strategy": ("max_restarts", "rdzv_endpoint", "node_rank", "timeout_s")}
 
 
@@ -310,7 +310,7 @@ def config_fingerprint(cfg) -> dict[str, Any]:
     """
 
     flat: dict[str, Any] = {}
-    for section, table in dataclasses.asdict(cfg).items():
+    for section, table in cfg.to_dict().items():
         skipped = NOT_FINGERPRINTED.get(section, ())
         if skipped is None:
             continue

@@ -1,0 +1,85 @@
+"""``hpmodel train`` on text: byte-level token shards of real files, a GPT with dict batches
+and the causal-lm task, the gzip baseline beside its bits per byte, and a SIGKILLed run
+that resumes bit-exactly."""
+
+import json
+import signal
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import torch
+
+from conftest import ROOT, hpmodel_env
+from hpmodel.data import write_text_shards
+from hpmodel.datasets.text import gzip_bits_per_byte
+from hpmodel.kernel.files import load_weights
+
+CONFIG = """
+seed = 0
+[data]
+name = "shards"
+shards = "{shards}/train-*.shard"
+test_shards = "{shards}/val-*.shard"
+batch_size = 16
+val_fraction = 0.0
+[model]
+name = "gpt"
+width = 32
+depth = 2
+heads = 2
+options = {{ seq_len = 32, vocab_size = 256 }}
+[optimizer]
+name = "adamw"
+lr = 0.003
+[train]
+task = "causal-lm"
+max_steps = 12
+progress = false
+log_every_steps = 4
+"""
+
+
+def corpus(tmp_path: Path) -> Path:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [str(stdlib / name) for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py",
+                                             "heapq.py", "fnmatch.py")]
+    out = tmp_path / "shards"
+    write_text_shards(files, str(out), seq_len=32, val_fraction=0.3, seed=0,
+                      measures={"gzip_bits_per_byte": gzip_bits_per_byte})
+    return out
+
+
+def run(tmp_path, name, *sets):
+    config = tmp_path / "gpt.toml"
+    config.write_text(CONFIG.format(shards=corpus_dir(tmp_path)))
+    cmd = [sys.executable, "-m", "hpmodel", "train", str(config), "--out", str(tmp_path / name)]
+    for item in sets:
+        cmd += ["--set", item]
+    return subprocess.run(cmd, env=hpmodel_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def corpus_dir(tmp_path):
+    return tmp_path / "shards"
+
+
+def test_gpt_on_text_reports_bits_per_byte_and_resumes_bit_exactly(tmp_path):
+    corpus(tmp_path)
+    reference = run(tmp_path, "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    summary = json.loads((tmp_path / "reference" / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["test_tokens"] > 0
+    assert summary["test_bits_per_byte"] > 0 and summary["baseline_gzip_bits_per_byte"] > 0
+
+    backup = f'backup.dir="{tmp_path / "backup"}"'
+    killed = run(tmp_path, "resumed", backup, "backup.every_steps=3", "train.inject_kill=[0, 8]")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rerun = run(tmp_path, "resumed", backup, "backup.every_steps=3")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resumed from backup" in rerun.stderr
+    expected = load_weights(tmp_path / "reference" / "model.safetensors")
+    actual = load_weights(tmp_path / "resumed" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
