@@ -118,7 +118,7 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise HpmodelError(f"processes could not meet at rendezvous endpoint {endpoint} ({reason}): "
                                "check --rdzv-endpoint and that every node is started") from None
-        del rendezvous_store
+        del rendezvous_store  # stops serving here, after every agent has left
     return results[min(results)] if results else None  # this node's first rank (global rank 0 on node 0)
 
 
