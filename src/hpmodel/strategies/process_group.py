@@ -215,9 +215,10 @@ def run_in_worker(strategy: ProcessGroupStrategy, fn: Callable[..., Any], args: 
     @record
     def body():
         strategy.init_process_group()
-        try:
-            return fn(*args)
-        finally:
-            strategy.teardown()
+        # No teardown on an exception: it would drop the peers' connections before @record
+        # has written this error, and a peer's "connection closed" would look like the cause.
+        result = fn(*args)
+        strategy.teardown()
+        return result
 
     return body()
