@@ -42,6 +42,8 @@ class ServerSpec:
     backup_dir: str = ""
     backup_every_steps: int = 0  # 0: only when asked
     extra: dict[str, Any] = field(default_factory=dict)
+    # what the variables were trained from (model, data, optimizer...): a backup of another must not resume
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
 class ShardServer:
@@ -122,7 +124,8 @@ class ShardServer:
                 else:
                     scalars[f"{index}/{slot}"] = value
         meta = {"version": self.version, "applied": sorted(self.applied), "optimizer_scalars": scalars,
-                "param_groups": state["param_groups"], "names": list(self.params)}
+                "param_groups": state["param_groups"], "names": list(self.params),
+                "fingerprint": self.spec.fingerprint}
         atomic_write_bytes(tensors_path, save(tensors))
         atomic_write_bytes(json_path, json.dumps(meta).encode())  # written last: marks the pair done
 
@@ -135,6 +138,11 @@ class ShardServer:
             return
 
         meta = json.loads(json_path.read_text())
+        stale = fingerprint_differences(meta.get("fingerprint"), self.spec.fingerprint)
+        if stale:
+            raise HpmodelError(f"backup '{json_path}' was written by another configuration (differs in "
+                               f"{stale}): delete {json_path.parent} or point strategy.backup_dir "
+                               "elsewhere to start fresh, or restore the configuration it was written with")
         if meta["names"] != list(self.params):
             raise HpmodelError(f"backup '{json_path}' holds other variables than this model: "
                                "delete the backup directory or use the model it was written for")
@@ -157,14 +165,33 @@ class ShardServer:
         self.version, self.applied = meta["version"], set(meta["applied"])
 
 
+def fingerprint_differences(stored: dict | None, current: dict) -> str:
+    """The keys two fingerprints disagree on, as text ("" when equal; None = written without one).
+
+    Example::
+
+        fingerprint_differences({"model.width": 64}, {"model.width": 32})   # "model.width"
+    """
+    if stored is None:
+        return "everything: it has no fingerprint" if current else ""
+    differ = sorted(key for key in set(stored) | set(current)
+                    if json.dumps(stored.get(key), sort_keys=True, default=str)
+                    != json.dumps(current.get(key), sort_keys=True, default=str))
+    return ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+
+
 # -- RPC targets: one server per process ------------------------------------------------------
 _SERVER: list[ShardServer] = []
 
 
-def setup_server(spec: ServerSpec) -> tuple[int, list[int]]:
-    """Create this process's shard server; returns its version and the step ids already applied."""
-    _SERVER[:] = [ShardServer(spec)]
-    return _SERVER[0].version, sorted(_SERVER[0].applied)
+def setup_server(spec: ServerSpec) -> tuple[int, list[int], str]:
+    """Create this process's shard server; returns its version, the step ids already applied
+    and "" — or the one-line reason it cannot start (a stale backup), for the coordinator to raise."""
+    try:
+        _SERVER[:] = [ShardServer(spec)]
+    except HpmodelError as error:  # an RPC error would carry the remote traceback: send the line
+        return -1, [], str(error)
+    return _SERVER[0].version, sorted(_SERVER[0].applied), ""
 
 
 def _server() -> ShardServer:

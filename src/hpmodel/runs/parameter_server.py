@@ -27,12 +27,15 @@ from hpmodel.parameter_server.coordinator import Coordinator
 from torch.distributed.rpc.api import _is_current_rpc_agent_set
 from hpmodel.datasets import load_splits
 from hpmodel.runs.common import ModelFactory
+from hpmodel.train.backup import config_fingerprint
 from hpmodel.train.optim import optimizer_factory, schedule_factory
+from hpmodel.kernel.errors import HpmodelError
 from hpmodel.reporting.console import print_rows
 from hpmodel.kernel.files import save_weights, write_json
 from hpmodel.kernel.network import free_port, is_loopback, split_endpoint
 
 DEFAULT_BIND = "127.0.0.1"  # ParameterServerConfig.bind_address's default
+FINGERPRINTED = ("model", "data", "optimizer", "schedule", "seed")  # config sections a backup must match
 
 
 class TrainData:
@@ -176,7 +179,7 @@ def set_up_roles(cfg, out_dir: Path, config, initial, placement, factory, worker
             index=index, tensors={k: initial[k] for k in placement[name]},
             optimizer_factory=optimizer_factory(cfg.optimizer), schedule_factory=schedule_factory(cfg.schedule),
             total_steps=updates, mode=config.mode, backup_dir=backup_dir,
-            backup_every_steps=config.backup_every_steps)
+            backup_every_steps=config.backup_every_steps, fingerprint=backup_fingerprint(cfg, config))
         futures.append(rpc.rpc_async(name, server.setup_server, args=(server_spec,), timeout=120))
     for index, name in enumerate(workers):
         slowdown = float(config.worker_slowdown[index]) if index < len(config.worker_slowdown) else 1.0
@@ -185,8 +188,24 @@ def set_up_roles(cfg, out_dir: Path, config, initial, placement, factory, worker
                                         rpc_timeout_s=config.rpc_timeout_s, slowdown=slowdown)
         futures.append(rpc.rpc_async(name, worker.setup_worker, args=(worker_spec,), timeout=120))
     answers = [future.wait() for future in futures]
+    for answer in answers[:len(placement)]:
+        if answer[2]:
+            raise HpmodelError(answer[2])
     # a step counts as done when every server has it (the others drop its second update)
-    return set.intersection(*(set(done) for _, done in answers[:len(placement)]))
+    return set.intersection(*(set(done) for _, done, _ in answers[:len(placement)]))
+
+
+def backup_fingerprint(cfg, config) -> dict[str, Any]:
+    """What a server backup must have been trained from to resume: the run's model, data,
+    optimizer, schedule and seed (as BackupAndRestore's fingerprint has them) and the mode.
+
+    Example::
+
+        backup_fingerprint(load_config("digits.toml"), ParameterServerConfig())["model.width"]
+    """
+    flat = config_fingerprint(cfg)
+    kept = {key: value for key, value in flat.items() if key.startswith(FINGERPRINTED)}
+    return {**kept, "strategy.mode": config.mode}
 
 
 def evaluate(factory, state_dict: dict[str, torch.Tensor], split, batch_size: int = 256) -> dict:

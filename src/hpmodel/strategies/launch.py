@@ -45,6 +45,8 @@ LAUNCHED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 ELASTIC_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing.spawn")  # the launcher's own
 RESTART_LOGGER = "torch.distributed.elastic.agent.server.api"  # logs a restart at INFO
 NO_SHARED_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"  # torch's switch: workers host the store
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+             "NCCL communicator was aborted")  # errors of a rank whose peer died first
 EMPTY_MESSAGES = ("", "<NONE>")  # torch elastic's text when a worker left no error file
 
 __all__ = ["LaunchSpec", "WorkerFailedError", "launch", "in_launched_process", "free_port",
@@ -118,7 +120,7 @@ def launch(spec: LaunchSpec, entrypoint: Callable[..., Any], *args: Any) -> Any:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise HpmodelError(f"processes could not meet at rendezvous endpoint {endpoint} ({reason}): "
                                "check --rdzv-endpoint and that every node is started") from None
-        del rendezvous_store
+        del rendezvous_store  # stops serving here, after every agent has left
     return results[min(results)] if results else None  # this node's first rank (global rank 0 on node 0)
 
 
@@ -211,7 +213,9 @@ def exit_text(exitcode: int, who: str) -> str:
 
 def describe_failure(error: ChildFailedError, max_restarts: int = 0) -> str:
     """One line: which rank failed first and why (its own message, or the signal that killed it)."""
-    rank, failure = min(error.failures.items(), key=lambda item: item[1].timestamp)
+    # The first to fail is the cause, unless it only saw a peer vanish (a rank that died first).
+    rank, failure = min(error.failures.items(), key=lambda item: (
+        any(sign in worker_message(item[1]) for sign in PEER_LOST), item[1].timestamp))
     message = worker_message(failure)
     for prefix in ("HpmodelError: ", "ConfigError: ", "WorkerFailedError: "):
         if message.startswith(prefix):

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from hpmodel.kernel.errors import ConfigError, HpmodelError
-from hpmodel.kernel.network import bound_listener, is_loopback
+from hpmodel.kernel.network import is_loopback, store_server
 from hpmodel.strategies.base import Strategy
 from hpmodel.strategies.devices import accelerator_count
 from hpmodel.strategies.launch import LaunchSpec, in_launched_process, launch
@@ -202,9 +202,7 @@ def attempt_store(timeout: timedelta) -> dist.Store:
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     if hosts and is_loopback(host):  # c10d's server alone would listen on every interface
-        listener = bound_listener(host, port)
-        store = dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout,
-                              master_listen_fd=listener.detach())
+        store = store_server(host, port, timeout=timeout, world_size=world_size, wait_for_workers=True)
     else:
         store = dist.TCPStore(host, port, world_size, is_master=hosts, timeout=timeout)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -217,9 +215,10 @@ def run_in_worker(strategy: ProcessGroupStrategy, fn: Callable[..., Any], args: 
     @record
     def body():
         strategy.init_process_group()
-        try:
-            return fn(*args)
-        finally:
-            strategy.teardown()
+        # No teardown on an exception: it would drop the peers' connections before @record
+        # has written this error, and a peer's "connection closed" would look like the cause.
+        result = fn(*args)
+        strategy.teardown()
+        return result
 
     return body()
