@@ -49,6 +49,7 @@ class CentralStorage(ProcessGroupStrategy):
     Config = CentralStorageConfig
 
     def setup(self, model: nn.Module, optimizer=None):
+        self.ensure_process_group()
         model = model.to(self.device)
         replica = [p for p in model.parameters() if p.requires_grad]
         buffers = [b for b in model.buffers() if b.is_floating_point()]

@@ -89,6 +89,7 @@ class Mirrored(ProcessGroupStrategy):
                               "for strategy.nnodes > 1")
 
     def setup(self, model: nn.Module, optimizer=None):
+        self.ensure_process_group()
         # One process has no all-reduce to hide the step behind: there the overlap only costs
         # (measured on one H200: 193k vs 201k examples/s on the reference model).
         overlap = self.config.overlap_optimizer and optimizer is not None and self.world_size > 1

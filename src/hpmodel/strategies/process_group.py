@@ -156,6 +156,26 @@ class ProcessGroupStrategy(Strategy):
                                 world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
                                 device_id=self.device if self.uses_cuda else None)
 
+    def ensure_process_group(self) -> None:
+        """Join a process group before wrapping a model: one of a single process, in place,
+        when ``setup`` is called without ``launch`` (a custom loop, one GPU), as
+        tf.distribute's MirroredStrategy runs on one device.
+
+        Example::
+
+            model, opt = get_strategy("mirrored", devices=1, device="cuda").setup(model, opt)
+        """
+        if dist.is_initialized():
+            return
+        if self.world_size != 1:
+            raise HpmodelError(f"strategy '{self.names[0]}' with {self.world_size} processes must "
+                               "start them first: call strategy.launch(fn), or use Trainer.fit")
+        if self.uses_cuda:
+            torch.cuda.set_device(self.local_rank)
+        dist.init_process_group(self.backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=timedelta(seconds=self.config.timeout_s),
+                                device_id=self.device if self.uses_cuda else None)
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_store", None)  # a live store connection belongs to its process

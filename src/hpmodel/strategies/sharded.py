@@ -52,7 +52,8 @@ def fsdp_api():
 
 def apply_fsdp(model: nn.Module, mesh, *, cpu_offload: bool = False, reshard_after_forward: bool = True,
                param_dtype=None, reduce_dtype=None) -> nn.Module:
-    """Shard every child block that holds parameters, then the root.
+    """Shard every child block that holds parameters (blocks tied to others go with the
+    root), then the root.
 
     Example::
 
@@ -65,8 +66,16 @@ def apply_fsdp(model: nn.Module, mesh, *, cpu_offload: bool = False, reshard_aft
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     if cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()
-    for block in model.children():
-        if any(True for _ in block.parameters()):
+    blocks = [block for block in model.children() if any(True for _ in block.parameters())]
+    owners: dict[int, int] = {}
+    for index, block in enumerate(blocks):
+        for parameter in block.parameters():
+            owners.setdefault(id(parameter), index)
+    for index, block in enumerate(blocks):
+        # A block tied to another (a GPT's embedding and LM head) stays with the root's group:
+        # one FSDP group must own a shared parameter (as torchtitan leaves them to the root).
+        if all(owners[id(p)] == index for p in block.parameters()) and not any(
+                owners[id(p)] == index for other in blocks[index + 1:] for p in other.parameters()):
             fully_shard(block, **options)
     fully_shard(model, **options)
     return model
@@ -86,6 +95,7 @@ class Sharded(ProcessGroupStrategy):
     Config = ShardedConfig
 
     def setup(self, model: nn.Module, optimizer=None):
+        self.ensure_process_group()
         if self.config.cpu_offload and not self.uses_cuda:
             raise HpmodelError("strategy.cpu_offload = true offloads GPU shards to the host, but "
                                "this run computes on the CPU already: set cpu_offload = false")
