@@ -17,12 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, hpmodel_env
 from hpmodel.config import load_config
+from hpmodel.data import from_tensors
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.runs.train import train_from_config
+from hpmodel.train.backup_format import fingerprint_mismatch
+from hpmodel.train.backup_world import excused, layout_problem, moved_data_state
 
 HERE = Path(__file__).resolve().parent
 STEPS_PER_EPOCH, EPOCHS, KILL_STEP = 9, 2, 10  # 576 training examples / global batch 64
@@ -139,3 +143,55 @@ def test_a_changed_global_batch_is_refused_in_one_line(killed, monkeypatch):
     message = str(error.value)
     assert "\n" not in message and "global batch of 64" in message and "is 32" in message, message
     assert (backup / f"step-{saved_step:09d}" / "manifest.json").is_file()  # nothing removed
+
+
+# -- the decisions alone, without launching anything -------------------------------------------
+MIRRORED_2 = {"strategy": "Mirrored", "world_size": 2, "global_batch": 64}
+
+
+@pytest.mark.parametrize("here, refused", [
+    ({"strategy": "Mirrored", "world_size": 2, "global_batch": 64}, None),
+    ({"strategy": "Sharded", "world_size": 4, "global_batch": 64}, None),
+    ({"strategy": "OneDevice", "world_size": 1, "global_batch": 64}, None),
+    ({"strategy": "Mirrored", "world_size": 1, "global_batch": 32}, "global batch of 64"),
+    ({"strategy": "PipelineParallel", "world_size": 4, "global_batch": 64}, "cannot load it"),
+    ({"strategy": "Mirrored", "world_size": 4, "global_batch": None}, "cannot load it"),
+])
+def test_which_layouts_may_load_a_mirrored_backup(here, refused):
+    problem = layout_problem(MIRRORED_2, here, Path("ckpt/step-000000008"))
+    assert problem is None if refused is None else (refused in problem and "\n" not in problem), problem
+
+
+def test_an_older_backup_without_a_layout_resumes_only_where_it_was_written():
+    old = {"world_size": 2}  # written before backups stored strategy and global batch
+    assert layout_problem(old, MIRRORED_2, Path("f")) is None
+    assert "cannot load it" in layout_problem(old, {**MIRRORED_2, "world_size": 1}, Path("f"))
+
+
+def test_placement_and_batch_settings_are_excused_the_rest_is_not():
+    stored = {"config": {"strategy.name": "mirrored", "strategy.devices": 2, "strategy.bucket_mb": 25,
+                         "data.batch_size": 32, "model.width": 16}}
+    current = {"config": {"strategy.name": "sharded", "strategy.devices": 4, "strategy.cpu_offload": False,
+                          "data.batch_size": 16, "model.width": 32}}
+    differences = fingerprint_mismatch(stored, current)
+    assert excused(differences, stored, current, MIRRORED_2) == ["config.model.width"]
+    unknown_batch = {**MIRRORED_2, "global_batch": None}  # then the batch size must not change
+    assert "config.data.batch_size" in excused(differences, stored, current, unknown_batch)
+
+
+def test_the_data_position_moves_to_a_pipeline_sharded_otherwise():
+    saved = {"version": 1, "epoch": 1, "position": 5, "seeds": [7], "stages": ["source", "filter", "batch"],
+             "global_batch": 8}
+    here = {"version": 1, "epoch": 0, "position": 0, "seeds": [3],
+            "stages": ["source", "filter", "shard", "batch"], "global_batch": 8}
+    assert moved_data_state(saved, here) == {**here, "epoch": 1, "position": 5, "seeds": [7]}
+    with pytest.raises(HpmodelError, match="stages"):
+        moved_data_state(saved, {**here, "stages": ["source", "map", "batch"]})
+
+
+def test_a_pipeline_states_its_global_batch_at_any_number_of_ranks():
+    whole = from_tensors(torch.arange(100.0)).shuffle(100, seed=1).batch(64)
+    filtered = from_tensors(torch.arange(100.0)).filter(lambda x: True).batch(8)  # a shard stage
+    for pipe, size in ((whole, 64), (filtered, 8)):
+        assert [pipe.shard(n, n - 1, mode="batch").state_dict()["global_batch"] for n in (1, 2, 4)] == [size] * 3
+        assert pipe.state_dict()["global_batch"] == size
