@@ -2,7 +2,9 @@
 
 Order is a pure function of the shuffle seeds and the epoch, so ``(epoch, elements handed
 out, seeds)`` is the whole position; the stage kinds guard against loading a position into
-a different pipeline.
+a different pipeline. ``global_batch`` (the batch of the unsharded pipeline) lets a
+position saved at one number of ranks be restored at another (``shard(mode="batch")``
+hands every rank one slice of each global batch, so ``position`` counts global batches).
 """
 
 from __future__ import annotations
@@ -19,7 +21,21 @@ def position_state(chain: list[Node], epoch: int, position: int) -> dict:
     """The JSON-safe state of a pipeline whose nodes (root first) are ``chain``."""
     return {"version": STATE_VERSION, "epoch": epoch, "position": position,
             "seeds": [s for n in chain for s in _seeds_of(n)],
-            "stages": [n.kind for n in chain]}
+            "stages": [n.kind for n in chain], "global_batch": global_batch(chain)}
+
+
+def global_batch(chain: list[Node]) -> int | None:
+    """The size of the last ``batch`` stage before a ``shard(mode="batch")`` split it
+    (None when unbatched): the same on every rank and at every number of ranks."""
+    sizes = [n.batch_size for n in chain if isinstance(n, stages.BatchNode)]
+    if not sizes:
+        return None
+    ranks = 1
+    for n in chain:
+        spec = n.spec if isinstance(n, stages.ShardNode) else getattr(n, "shard", None)
+        if spec is not None and spec[2] is not None:  # (num_shards, index, block): batch mode
+            ranks = spec[0]
+    return sizes[-1] * ranks
 
 
 def restored_chain(chain: list[Node], state: dict) -> Node:

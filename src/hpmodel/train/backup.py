@@ -9,7 +9,10 @@ writes model and optimizer (:mod:`hpmodel.train.backup_dcp`), with non-tensor st
 so that loading a backup never unpickles code; asynchronous backups block the loop only for
 a copy into reused host buffers (:mod:`hpmodel.train.backup_stage`); the folder format,
 checksums and manifest are in :mod:`hpmodel.train.backup_format`. A non-finite model is
-never backed up: the run stops naming the step and the last good backup stays.
+never backed up: the run stops naming the step and the last good backup stays. A backup
+resumes at another world size or under another data-parallel strategy (Mirrored ↔ Sharded),
+DCP resharding the tensors and every rank continuing the same global sample order, as long
+as the global batch is unchanged (:mod:`hpmodel.train.backup_world`).
 
 Example::
 
@@ -32,10 +35,11 @@ import torch.distributed as dist
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.train.backup_dcp import (check_dcp_folder, load_model_state, model_fingerprint,
                                       save_tensors, training_state, write_skeleton)
-from hpmodel.train.backup_format import (MANIFEST, check_world_size, find_backup, fingerprint_mismatch,
-                                         folder_name, load_nested, prune, save_nested, step_folders,
-                                         write_manifest)
+from hpmodel.train.backup_format import (MANIFEST, find_backup, fingerprint_mismatch, folder_name,
+                                         load_nested, prune, save_nested, step_folders, write_manifest)
 from hpmodel.train.backup_stage import Stager, all_finite
+from hpmodel.train.backup_world import (excused, layout_problem, moved_data_state, same_layout,
+                                        saved_rank, world_layout)
 from hpmodel.train.callbacks import Callback
 from hpmodel.train.seeding import rng_state, set_rng_state
 
@@ -78,6 +82,7 @@ class BackupAndRestore(Callback):
         self.sealed: set[str] = set()  # folders this process verified: pruning need not rehash them
         self.restored_from: Path | None = None
         self.restored_step: int | None = None  # the optimizer step the run resumed after
+        self.restored_layout: dict | None = None  # the manifest's strategy/world size/global batch
         self.saves = 0
 
     # -- hooks ------------------------------------------------------------------------------
@@ -87,6 +92,7 @@ class BackupAndRestore(Callback):
         self.fingerprint = {"model": model_fingerprint(state.model),
                             "optimizer": {"class": type(state.optimizer).__name__},
                             "config": self.user_fingerprint}
+        self.layout = world_layout(state)
         self.restore(state)
 
     def on_step_end(self, state, logs) -> None:
@@ -120,7 +126,7 @@ class BackupAndRestore(Callback):
             shutil.rmtree(folder, ignore_errors=True)  # a stale partial write of this step
             folder.mkdir(parents=True)
         self._barrier()
-        rank, world = state.strategy.rank, state.strategy.world_size
+        rank = state.strategy.rank
         # After an epoch's end the data has moved to the next epoch; the counters follow.
         counters = ({"epoch": state.epoch + 1, "step_in_epoch": 0, "global_step": state.global_step}
                     if epoch_done else state.counters())
@@ -132,7 +138,7 @@ class BackupAndRestore(Callback):
                 "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
                 "scaler": state.scaler.state_dict() if state.scaler is not None else None})
             write_skeleton(folder, skeleton)
-        info = {"global_step": state.global_step, "world_size": world, **{
+        info = {"global_step": state.global_step, **self.layout, **{
             f"saved_{k}": v for k, v in counters.items()}}
         if self.asynchronous:
             staged, ready = self.stager.stage(tensors)  # the only part the loop waits for
@@ -212,30 +218,35 @@ class BackupAndRestore(Callback):
     # -- restore ----------------------------------------------------------------------------
     def restore(self, state) -> Path | None:
         """Load the newest valid backup into ``state``; None when there is none."""
-        choice: list[Any] = [None, None]  # [folder, error message]
+        choice: list[Any] = [None, None, None]  # [folder, error message, its layout]
         if state.strategy.is_main:
             choice = self._choose()
         if dist.is_initialized():
             dist.broadcast_object_list(choice, src=0, group=self.group)
-        folder, message = choice
+        folder, message, layout = choice
         if message:
             raise HpmodelError(message)
         if folder is None:
             return None
         folder = Path(folder)
         try:
-            self._load(state, folder)
+            self._load(state, folder, layout)
         except LOAD_ERRORS as error:
             raise HpmodelError(f"backup '{folder}' cannot be loaded ({_first_line(error)}): delete that "
                                "folder to resume from the one before it") from None
         self.restored_from, self.restored_step = folder, state.global_step
         self.sealed.add(folder.name)
+        self.restored_layout = layout
         if state.strategy.is_main:
+            moved = "" if same_layout(layout, self.layout) else (
+                f", written by {layout.get('strategy', '?')} on {layout.get('world_size', 1)} process(es), "
+                "resharded")
             print(f"hpmodel: resumed from backup '{folder}' (epoch {state.epoch + 1}, "
-                  f"step {state.global_step})", file=sys.stderr, flush=True)
+                  f"step {state.global_step}{moved})", file=sys.stderr, flush=True)
         return folder
 
-    def _load(self, state, folder: Path) -> None:
+    def _load(self, state, folder: Path, saved: dict) -> None:
+        """Load ``folder`` (written in layout ``saved``: strategy, world size) into ``state``."""
         load_model_state(state.model, state.optimizer, folder, process_group=self.group)
         trainer = load_nested(folder, "trainer")
         state.load_counters(trainer["counters"])
@@ -244,27 +255,35 @@ class BackupAndRestore(Callback):
             state.scheduler.load_state_dict(trainer["scheduler"])
         if state.scaler is not None and trainer["scaler"] is not None:
             state.scaler.load_state_dict(trainer["scaler"])
-        mine = load_nested(folder, f"rank-{state.strategy.rank}")
-        state.train_data.load_state_dict(mine["data"])
+        rank = state.strategy.rank
+        if same_layout(saved, self.layout):  # exact: every rank continues its own streams
+            mine = load_nested(folder, f"rank-{rank}")
+            state.train_data.load_state_dict(mine["data"])
+        else:  # the global position of rank 0, continued by every rank of this world
+            mine = load_nested(folder, f"rank-{saved_rank(rank, int(saved.get('world_size', 1)))}")
+            data = load_nested(folder, "rank-0")["data"]
+            state.train_data.load_state_dict(moved_data_state(data, state.train_data.state_dict()))
         set_rng_state(mine["rng"])  # last: loading must not move any stream
 
     def _choose(self) -> list[Any]:
-        """Rank 0: [newest valid folder or None, error message or None]."""
+        """Rank 0: [newest valid folder or None, error message or None, its layout]."""
         folder, manifest, problems = find_backup(self.dir, check=check_dcp_folder)
         for line in problems:
             print(f"hpmodel: {line}", file=sys.stderr, flush=True)
         if folder is None:
-            return [None, self._all_unusable()]
-        differences = fingerprint_mismatch(manifest.get("fingerprint", {}), self.fingerprint)
+            return [None, self._all_unusable(), None]
+        stored = manifest.get("fingerprint", {})
+        differences = excused(fingerprint_mismatch(stored, self.fingerprint), stored, self.fingerprint,
+                              self.layout)
         if differences:
             return [None, f"backup directory '{self.dir}' belongs to a different model or config "
                           f"(differs in {', '.join(differences[:5])}): give this run its own "
-                          "backup.dir, or delete that directory to start over"]
-        try:
-            check_world_size(manifest, self._world_size(), folder)
-        except HpmodelError as error:
-            return [None, str(error)]
-        return [str(folder), None]
+                          "backup.dir, or delete that directory to start over", None]
+        problem = layout_problem(manifest, self.layout, folder)
+        if problem:
+            return [None, problem, None]
+        saved = {key: manifest[key] for key in ("strategy", "world_size", "global_batch") if key in manifest}
+        return [str(folder), None, saved]
 
     def _all_unusable(self) -> str | None:
         """No backup loads: an error if any was complete (corrupt, unsafe), else None (only
@@ -281,9 +300,6 @@ class BackupAndRestore(Callback):
         return (f"every backup in '{self.dir}' is corrupt or unsafe to load ({len(complete)} refused, "
                 "reasons above): delete that directory, or set backup.fresh_if_corrupt = true to "
                 "start over")
-
-    def _world_size(self) -> int:
-        return dist.get_world_size() if dist.is_initialized() else 1
 
     def _barrier(self) -> None:
         if dist.is_initialized():

@@ -205,10 +205,3 @@ def load_nested(folder: Path, stem: str) -> Any:
 
     return build(json.loads((folder / f"{stem}.json").read_text()))
 
-
-def check_world_size(manifest: dict, world_size: int, folder: Path) -> None:
-    saved = int(manifest.get("world_size", 1))
-    if saved != world_size:
-        raise HpmodelError(f"backup '{folder}' was written by {saved} process(es) and this run has "
-                           f"{world_size}: resume with the same strategy and devices, or use a new "
-                           "backup.dir")
