@@ -75,7 +75,8 @@ def test_a_stale_backup_is_refused_through_the_cli(tmp_path):
     config.write_text(CONFIG)
     out = tmp_path / "ps"
     args = ["train", str(config), "--strategy", "parameter-server", "--workers", "1", "--servers", "1",
-            "--set", "strategy.connect_timeout_s=90", "--out", str(out)]
+            "--set", "strategy.connect_timeout_s=90", "--set",
+            f'strategy.backup_dir="{tmp_path / "ps-backup"}"', "--overwrite", "--out", str(out)]
     run_cli(*args, timeout=240, check=True)
     stale = run_cli(*args, "--set", "optimizer.lr=0.01", timeout=240)
     assert stale.returncode == 2, stale.stderr[-3000:]

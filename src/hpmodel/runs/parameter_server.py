@@ -24,6 +24,7 @@ import torch.distributed.rpc as rpc
 
 from hpmodel.parameter_server import cluster, server, worker
 from hpmodel.parameter_server.coordinator import Coordinator
+from hpmodel.train.batches import to_batches
 from torch.distributed.rpc.api import _is_current_rpc_agent_set
 from hpmodel.datasets import load_splits
 from hpmodel.runs.common import ModelFactory
@@ -68,12 +69,15 @@ def place_variables(sizes: dict[str, int], servers: list[str]) -> dict[str, list
 
 def plan_steps(num_examples: int, batch_size: int, epochs: int, seed: int,
                max_steps: int = 0) -> list[tuple[int, torch.Tensor]]:
-    """Every step of the run as (step id, example indices): a fresh shuffle per epoch."""
+    """Every step of the run as (step id, example indices): a fresh shuffle per epoch, the
+    same order the Trainer's batches have (one engine, :func:`hpmodel.train.batches.to_batches`)."""
+    batches = to_batches(torch.arange(num_examples), batch_size, shuffle=True, seed=seed)
     steps = []
     for epoch in range(epochs):
-        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        for start in range(0, num_examples, batch_size):
-            steps.append((len(steps), order[start:start + batch_size]))
+        batches.set_epoch(epoch)
+        steps += [(len(steps) + i, index) for i, index in enumerate(batches)]
+        if max_steps and len(steps) >= max_steps:
+            break
     return steps[:max_steps] if max_steps else steps
 
 

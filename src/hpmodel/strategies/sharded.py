@@ -95,10 +95,10 @@ class Sharded(ProcessGroupStrategy):
     Config = ShardedConfig
 
     def setup(self, model: nn.Module, optimizer=None):
-        self.ensure_process_group()
         if self.config.cpu_offload and not self.uses_cuda:
             raise HpmodelError("strategy.cpu_offload = true offloads GPU shards to the host, but "
                                "this run computes on the CPU already: set cpu_offload = false")
+        self.ensure_process_group()
         if isinstance(optimizer, torch.optim.Optimizer):
             raise HpmodelError("strategy 'sharded' replaces the parameters with shards: pass an "
                                "optimizer factory f(parameters), not an Optimizer built before setup")

@@ -46,6 +46,8 @@ def as_pipeline(data: Any) -> Pipeline:
         return data
     if isinstance(data, Split):
         return data.elements()
+    if torch.is_tensor(data):
+        return from_tensors(data)
     if isinstance(data, dict) and data and all(torch.is_tensor(t) for t in data.values()):
         return from_tensors(data)
     if isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
