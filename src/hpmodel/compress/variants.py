@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.compress import export, onnx_graph, prune, quantize
+from hpmodel.compress import export, fake_quant, onnx_graph, prune, quantize
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.files import load_weights, read_json, save_weights, write_json
 from hpmodel.datasets import load_splits
@@ -91,6 +91,7 @@ def load_source(run_dir: str | Path) -> SourceRun:
 
 def _load_into(model: nn.Module, weights: dict, where: Path) -> None:
     prune.resize_to_weights(model, weights)
+    fake_quant.add_folded_biases(model, weights)  # QAT / control weights of BatchNorm models
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as error:
@@ -198,11 +199,29 @@ def _bf16(source, options, folder):
     return {"format": "torch", "dtype": "bf16"}
 
 
+def qat_model(source: SourceRun, options: CompressOptions, fake_quant_on: bool = True) -> tuple[nn.Module, str]:
+    """Fine-tune a copy of the model with fake int8 (or, ``fake_quant_on=False``, the fp32
+    control of the same length); returns the float model and which fake quantizer ran.
+
+    Models with convolutions fold BatchNorm and use :mod:`hpmodel.compress.fake_quant` (every
+    Conv and Linear, ORT's rounding); others use torchao's QAT (Linear layers).
+    """
+    model = source.fresh_model()
+    if fake_quant.has_convolutions(model):
+        model = fake_quant.fold_batch_norm(model.eval())
+        prepare, convert, kind = fake_quant.prepare, fake_quant.convert, "hpmodel per-channel (conv + linear)"
+    else:
+        prepare, convert, kind = quantize.qat_prepare, quantize.qat_convert, "torchao (linear)"
+    if not fake_quant_on:
+        return fine_tune(source, model, options), "none (fp32 control)"
+    return convert(fine_tune(source, model, options, model_transform=prepare)), kind
+
+
 def _qat(source, options, folder):
-    model = fine_tune(source, source.fresh_model(), options, model_transform=quantize.qat_prepare)
-    model = quantize.qat_convert(model)
+    model, kind = qat_model(source, options)
     save_weights(folder / "model.safetensors", model.state_dict())  # float weights after QAT
-    return {**_static(source, model, options, folder), "fine_tune_epochs": options.fine_tune_epochs}
+    return {**_static(source, model, options, folder), "fine_tune_epochs": options.fine_tune_epochs,
+            "fake_quant": kind}
 
 
 def pruned_model(source: SourceRun, options: CompressOptions) -> tuple[nn.Module, list]:
@@ -368,4 +387,4 @@ def evaluate_variant(folder: str | Path, split: str = "test") -> dict[str, Any]:
 
 __all__ = ["CPU_MODES", "GPU_MODES", "MODES", "CompressOptions", "SourceRun", "build_variant",
            "missing_packages",
-           "evaluate_variant", "fine_tune", "is_variant", "load_source", "load_variant"]
+           "evaluate_variant", "fine_tune", "qat_model", "is_variant", "load_source", "load_variant"]
