@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.compress import export, fake_quant, onnx_graph, prune, quantize
+from hpmodel.compress import export, fake_quant, onnx_graph, prune, quantize, structured
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.files import load_weights, read_json, save_weights, write_json
 from hpmodel.datasets import load_splits
@@ -51,7 +51,7 @@ class CompressOptions:
 
     modes: list[str] = field(default_factory=lambda: list(CPU_MODES))
     sparsity: float = 0.8  # magnitude pruning target (TF-MOT's MNIST example uses 0.8)
-    structured_amount: float = 0.5  # fraction of hidden units / channels removed
+    structured_amount: float = 0.5  # fraction of parameters removed (Torch-Pruning; units without it)
     fine_tune_epochs: int = 3  # QAT and pruning
     fine_tune_lr_scale: float = 1.0  # peak fine-tune LR as a fraction of the run's (cosine to 0)
     calibration_batches: int = 8
@@ -91,6 +91,7 @@ def load_source(run_dir: str | Path) -> SourceRun:
 
 def _load_into(model: nn.Module, weights: dict, where: Path) -> None:
     prune.resize_to_weights(model, weights)
+    structured.resize_to_state(model, weights)  # Torch-Pruning's smaller norms, attention, embeddings
     fake_quant.add_folded_biases(model, weights)  # QAT / control weights of BatchNorm models
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -252,11 +253,14 @@ def _prune_int8(source, options, folder):
 
 
 def _structured(source, options, folder):
-    model = prune.prune_structured(source.fresh_model(), options.structured_amount)
+    example = source.splits.train.x[:1].float()
+    model = structured.prune_to_ratio(source.fresh_model(), options.structured_amount, example)
     model = fine_tune(source, model, options)
     save_weights(folder / "model.safetensors", model.state_dict())
     _export_if_possible(source, model, folder)
-    return {"format": "torch", "dtype": "float32", "structured_amount": options.structured_amount}
+    return {"format": "torch", "dtype": "float32", "structured_amount": options.structured_amount,
+            "pruner": "torch_pruning" if structured.available() else "hpmodel chain surgery",
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def _fp8(source, options, folder):
