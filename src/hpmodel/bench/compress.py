@@ -1,6 +1,6 @@
 """``hpmodel bench compress``: what compression buys, against the fp32 model, in one run.
 
-Five cases (GPU one skipped without CUDA):
+Six cases (GPU one skipped without CUDA; ``structured`` in :mod:`hpmodel.bench.compress_structured`):
 
 1. ``cpu-latency``: the digits CNN and a Linear-heavy MLP (256 → 3×1024 → 10, 2.4 M
    parameters) at batch 1 and 64 on the CPU: fp32 eager, fp32 torch.compile and ONNX
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from hpmodel.bench.common import write_results
+from hpmodel.bench.compress_structured import structured_rows
 from hpmodel.compress import export, onnx_graph, prune, quantize
 from hpmodel.compress.measure import file_sizes
 from hpmodel.compress.variants import (CompressOptions, build_variant, evaluate_variant, fine_tune, load_source,
@@ -293,13 +294,14 @@ def gpu_rows(quick: bool, repeats: int) -> list[dict[str, Any]]:
 
 def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int = 0,
               outlier_scale: float = 100.0) -> dict:
-    """Run the five cases and write compress.json, compress.png and report.md."""
+    """Run the six cases and write compress.json, compress.png and report.md."""
     repeats = repeats or (10 if quick else 50)
     previous_threads = torch.get_num_threads()
     cases = {"cpu-latency": lambda work: cpu_latency_rows(work, quick, threads, repeats),
              "sparse-size": lambda work: sparse_size_rows(work, quick),
              "qat-recovery": lambda work: qat_rows(work, quick, outlier_scale),
              "qat": lambda work: qat_cnn_rows(work, quick),
+             "structured": lambda work: structured_rows(work, threads, repeats),
              "gpu-matmul": lambda work: gpu_rows(quick, repeats)}
     rows, skipped = [], {}
     with tempfile.TemporaryDirectory(prefix="hpmodel-bench-compress-") as temp:
@@ -322,7 +324,7 @@ def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int
 
 CASE_PACKAGES = {"cpu-latency": ("onnx", "onnxruntime"), "sparse-size": ("onnx", "onnxruntime"),
                  "qat-recovery": ("torchao", "onnx", "onnxruntime"), "qat": ("onnx", "onnxruntime"),
-                 "gpu-matmul": ()}
+                 "structured": ("onnx", "onnxruntime"), "gpu-matmul": ()}
 
 
 def _cannot_run(case: str) -> str:
@@ -347,6 +349,10 @@ def _headline(row: dict[str, Any]) -> dict[str, Any]:
     if case == "qat":
         return {"case": case, "variant": row["variant"], "setting": row["model"],
                 "value": f"acc {row['accuracy']:.3f}", "vs_baseline": f"{row['points_vs_fp32']:+.2f} points"}
+    if case == "structured":
+        return {"case": case, "variant": f"{row['model']} {row['variant']}", "setting": f"{row['parameters']:,} params",
+                "value": f"{row['ort_ms_b64']:.3f} ms b64 (ORT)",
+                "vs_baseline": f"{row['x_smaller_file']:.2f}× smaller, {row['x_faster_ort']:.2f}× faster"}
     if case == "qat-recovery":
         return {"case": case, "variant": row["variant"], "setting": f"outliers ×{row['outlier_scale']:g}",
                 "value": f"acc {row['accuracy']:.3f}", "vs_baseline": f"{row['points_vs_fp32']:+.2f} points"}
