@@ -239,7 +239,7 @@ def qat_cnn_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
     """The depthwise-separable CNN trained to convergence on digits: fp32, static int8, QAT
     (hpmodel's per-channel fake quant of every Conv and Linear) and the fp32 fine-tune control
     of the same length, then static int8 (issue #19's rule: QAT − control ≥ 0.75 × loss)."""
-    run = _train(work / "mobilenet", MOBILENET, epochs=15 if quick else 40)
+    run = _train(work / "mobilenet", MOBILENET, epochs=8 if quick else 40)
     source = load_source(run)
     options = CompressOptions(fine_tune_epochs=3)
     scores = {"fp32": _accuracy(source.model, source),
