@@ -10,7 +10,8 @@ Who does the work:
 - ``qat``: torchao's QAT flow (``QATConfig`` prepare → fine-tune → convert) fakes int8
   weights (per channel, symmetric) and activations (per token) in forward and backward;
   the converted float model is then quantized statically by ONNX Runtime, whose rounding
-  it has learned to tolerate.
+  it has learned to tolerate. torchao's QAT covers Linear layers only: models with
+  convolutions use :mod:`hpmodel.compress.fake_quant` instead (every Conv and Linear).
 - ``fp8`` (GPU, compute capability ≥ 8.9): ``torch._scaled_mm`` with row-wise scales,
   the kernel torchao's float8 row-wise recipe calls; plain torch so it runs on the GPU
   machines without torchao.
