@@ -54,7 +54,8 @@ def test_structured_pruning_shrinks_and_loads_in_plain_pytorch(source, fp32, tmp
     model = build_model(source.cfg.model, source.splits.input_shape, source.splits.num_classes)
     prune.resize_to_weights(model, weights)
     model.load_state_dict(weights, strict=True)
-    assert count_parameters(model) < 0.4 * count_parameters(source.model)
+    # structured_amount is the share of parameters removed (Torch-Pruning), ±10%
+    assert count_parameters(model) == pytest.approx(0.5 * count_parameters(source.model), rel=0.1)
     assert model(source.splits.test.x[:4]).shape == (4, 10)
     assert evaluate_run(folder)["test_accuracy"] >= fp32 - 0.01
 

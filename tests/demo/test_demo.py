@@ -1,5 +1,7 @@
 """The demo end to end at a reduced size: stages, the resume event, and a report whose
-numbers all come from the stages' summary.json files; the HTML renders in headless Chromium."""
+numbers all come from the stages' summary.json files; the HTML renders in headless Chromium;
+its console output, read through pipes as a log would be, has no tracebacks, no third-party
+warnings and no cut column names. One demo run serves every test (it takes about a minute)."""
 
 import json
 import os
@@ -19,12 +21,59 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars"]
 
 
+# lines hpmodel writes on purpose; anything else that says Warning or Traceback is noise
+OWN_PREFIXES = ("hpmodel:", "hpmodel ", "compress: variant ", "[1/5]", "[2/5]", "[3/5]", "[4/5]",
+                "[5/5]", "teacher:", "student:")
+ALARMS = ("Traceback", "Warning", "WARNING")
+
+
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
+def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    proc = run_cli("demo", "--quick", "--out", str(out), timeout=600)
+    proc = run_cli("demo", "--quick", "--out", str(out), timeout=600)  # stdout/stderr are pipes
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_run):
+    return demo_run[0]
+
+
+def console_lines(proc) -> list[str]:
+    """Every line the demo printed, a carriage return (a progress frame) also ending one."""
+    return [line for text in (proc.stdout, proc.stderr) for line in re.split(r"[\r\n]", text)]
+
+
+def test_console_output_has_no_tracebacks_or_foreign_warnings(demo_run):
+    _, proc = demo_run
+    noise = [line for line in console_lines(proc)
+             if any(word in line for word in ALARMS) and not line.lstrip().startswith(OWN_PREFIXES)]
+    assert not noise, "third-party noise in the demo's output:\n" + "\n".join(noise[:10])
+
+
+def test_console_output_is_plain_on_a_pipe(demo_run):
+    _, proc = demo_run
+    assert "\r" not in proc.stdout + proc.stderr, "a progress bar drew frames into a pipe"
+    assert "\x1b[" not in proc.stdout + proc.stderr, "colour codes in a pipe"
+
+
+def test_events_are_one_hpmodel_line_each(demo_run):
+    _, proc = demo_run
+    lines = console_lines(proc)
+    assert sum("killed by SIGKILL" in line for line in lines) == 1
+    assert sum(line.startswith("hpmodel:") and "restarting the group" in line for line in lines) == 1
+    assert sum(line.startswith("hpmodel: resumed from backup") for line in lines) == 1
+
+
+def test_no_table_header_is_truncated(demo_run):
+    _, proc = demo_run
+    tables = [line for line in console_lines(proc) if line[:1] in "┃│┏┡└" or line.startswith(" ")]
+    assert tables, "the demo printed no summary table"
+    cut = [line for line in tables if "…" in line]
+    assert not cut, "a table cut a cell:\n" + "\n".join(cut)
+    headers = {cell.strip() for line in tables if line.startswith("┃") for cell in line.split("┃")}
+    assert {"metric", "value"} <= headers
 
 
 def summary_values(out: Path) -> set[str]:

@@ -1,6 +1,6 @@
 """``hpmodel bench compress``: what compression buys, against the fp32 model, in one run.
 
-Four cases (GPU one skipped without CUDA):
+Six cases (GPU one skipped without CUDA; ``structured`` in :mod:`hpmodel.bench.compress_structured`):
 
 1. ``cpu-latency``: the digits CNN and a Linear-heavy MLP (256 → 3×1024 → 10, 2.4 M
    parameters) at batch 1 and 64 on the CPU: fp32 eager, fp32 torch.compile and ONNX
@@ -8,7 +8,9 @@ Four cases (GPU one skipped without CUDA):
    torch.compile (compiled paths skipped with ``--quick``).
 2. ``sparse-size``: gzip size of an 80%-sparse digits MLP (scheduled magnitude pruning,
    stripped) against the dense one, in fp32 and in int8.
-3. ``qat-recovery``: a ReLU MLP whose hidden layers have two outlier units (×100 in, ÷100
+3. ``qat``: a depthwise-separable CNN (:mod:`hpmodel.compress.mobilenet`) on digits: static
+   int8, QAT with per-channel fake quant of every Conv and Linear, and the fp32 fine-tune
+   control of the same length. ``qat-recovery``: a ReLU MLP whose hidden layers have two outlier units (×100 in, ÷100
    in the next layer: the same function, LLM.int8-style outliers) loses accuracy under
    static int8; QAT fine-tuning wins it back. A control fine-tunes in fp32 for the same
    epochs, so the gain is not just more training.
@@ -38,9 +40,11 @@ import torch
 from torch import nn
 
 from hpmodel.bench.common import write_results
+from hpmodel.bench.compress_structured import structured_rows
 from hpmodel.compress import export, onnx_graph, prune, quantize
 from hpmodel.compress.measure import file_sizes
-from hpmodel.compress.variants import CompressOptions, build_variant, evaluate_variant, fine_tune, load_source
+from hpmodel.compress.variants import (CompressOptions, build_variant, evaluate_variant, fine_tune, load_source,
+                                       qat_model)
 from hpmodel.config import ModelConfig, load_config
 from hpmodel.datasets import load_splits
 from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights
@@ -229,6 +233,36 @@ def qat_rows(work: Path, quick: bool, scale: float) -> list[dict[str, Any]]:
             for name, value in scores.items()]
 
 
+MOBILENET = ['model.target="hpmodel.compress.mobilenet:mobilenet"', "model.options={width=16, depth=3}",
+             "optimizer.lr=0.01"]
+
+
+def qat_cnn_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
+    """The depthwise-separable CNN trained to convergence on digits: fp32, static int8, QAT
+    (hpmodel's per-channel fake quant of every Conv and Linear) and the fp32 fine-tune control
+    of the same length, then static int8 (issue #19's rule: QAT − control ≥ 0.75 × loss)."""
+    run = _train(work / "mobilenet", MOBILENET, epochs=8 if quick else 40)
+    source = load_source(run)
+    options = CompressOptions(fine_tune_epochs=3)
+    scores = {"fp32": _accuracy(source.model, source),
+              "static-int8": evaluate_variant(build_variant(source, "static-int8", work / "qat-cnn", options))["test_accuracy"],
+              "qat": evaluate_variant(build_variant(source, "qat", work / "qat-cnn", options))["test_accuracy"]}
+    control_dir = work / "mobilenet-control"
+    shutil.copytree(run, control_dir, dirs_exist_ok=True)
+    save_weights(control_dir / "model.safetensors", qat_model(source, options, fake_quant_on=False)[0].state_dict())
+    control = load_source(control_dir)
+    scores["fp32 fine-tuned"] = _accuracy(control.model, control)
+    scores["fp32 fine-tuned → static-int8"] = evaluate_variant(
+        build_variant(control, "static-int8", work / "qat-cnn-control", options))["test_accuracy"]
+    lost = scores["fp32"] - scores["static-int8"]
+    beyond = scores["qat"] - scores["fp32 fine-tuned → static-int8"]
+    return [{"case": "qat", "model": "mobilenet w16 d3 (digits)", "variant": name, "accuracy": value,
+             "points_vs_fp32": 100 * (value - scores["fp32"]), "static_int8_loss_points": 100 * lost,
+             "qat_beyond_control_fraction": (beyond / lost if lost > 0 else None) if name == "qat" else None,
+             "parameters": count_parameters(source.model)}
+            for name, value in scores.items()]
+
+
 def _accuracy(model: nn.Module, source) -> float:
     with torch.no_grad():
         logits = model.eval()(source.splits.test.x)
@@ -262,12 +296,14 @@ def gpu_rows(quick: bool, repeats: int) -> list[dict[str, Any]]:
 
 def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int = 0,
               outlier_scale: float = 100.0) -> dict:
-    """Run the four cases and write compress.json, compress.png and report.md."""
+    """Run the six cases and write compress.json, compress.png and report.md."""
     repeats = repeats or (10 if quick else 50)
     previous_threads = torch.get_num_threads()
     cases = {"cpu-latency": lambda work: cpu_latency_rows(work, quick, threads, repeats),
              "sparse-size": lambda work: sparse_size_rows(work, quick),
              "qat-recovery": lambda work: qat_rows(work, quick, outlier_scale),
+             "qat": lambda work: qat_cnn_rows(work, quick),
+             "structured": lambda work: structured_rows(work, threads, repeats),
              "gpu-matmul": lambda work: gpu_rows(quick, repeats)}
     rows, skipped = [], {}
     with tempfile.TemporaryDirectory(prefix="hpmodel-bench-compress-") as temp:
@@ -289,7 +325,8 @@ def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int
 
 
 CASE_PACKAGES = {"cpu-latency": ("onnx", "onnxruntime"), "sparse-size": ("onnx", "onnxruntime"),
-                 "qat-recovery": ("torchao", "onnx", "onnxruntime"), "gpu-matmul": ()}
+                 "qat-recovery": ("torchao", "onnx", "onnxruntime"), "qat": ("onnx", "onnxruntime"),
+                 "structured": ("onnx", "onnxruntime"), "gpu-matmul": ()}
 
 
 def _cannot_run(case: str) -> str:
@@ -311,6 +348,13 @@ def _headline(row: dict[str, Any]) -> dict[str, Any]:
     if case == "sparse-size":
         return {"case": case, "variant": row["variant"], "setting": f"acc {row['accuracy']:.3f}",
                 "value": f"{row['gzip_bytes']:,} B gzip", "vs_baseline": f"{row['x_smaller_gzip']:.2f}× smaller"}
+    if case == "qat":
+        return {"case": case, "variant": row["variant"], "setting": row["model"],
+                "value": f"acc {row['accuracy']:.3f}", "vs_baseline": f"{row['points_vs_fp32']:+.2f} points"}
+    if case == "structured":
+        return {"case": case, "variant": f"{row['model']} {row['variant']}", "setting": f"{row['parameters']:,} params",
+                "value": f"{row['ort_ms_b64']:.3f} ms b64 (ORT)",
+                "vs_baseline": f"{row['x_smaller_file']:.2f}× smaller, {row['x_faster_ort']:.2f}× faster"}
     if case == "qat-recovery":
         return {"case": case, "variant": row["variant"], "setting": f"outliers ×{row['outlier_scale']:g}",
                 "value": f"acc {row['accuracy']:.3f}", "vs_baseline": f"{row['points_vs_fp32']:+.2f} points"}

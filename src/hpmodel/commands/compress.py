@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                              "GPU modes are skipped without a GPU)")
     parser.add_argument("--sparsity", type=float, default=0.8, help="magnitude pruning target")
     parser.add_argument("--structured-amount", type=float, default=0.5,
-                        help="fraction of hidden units / channels structured pruning removes")
+                        help="share of the parameters structured pruning removes (Torch-Pruning; without it: of hidden units / channels)")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for QAT and pruning")
     parser.add_argument("--calibration-batches", type=int, default=8, help="batches for static int8")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per latency")

@@ -10,7 +10,8 @@ Who does the work:
 - ``qat``: torchao's QAT flow (``QATConfig`` prepare → fine-tune → convert) fakes int8
   weights (per channel, symmetric) and activations (per token) in forward and backward;
   the converted float model is then quantized statically by ONNX Runtime, whose rounding
-  it has learned to tolerate.
+  it has learned to tolerate. torchao's QAT covers Linear layers only: models with
+  convolutions use :mod:`hpmodel.compress.fake_quant` instead (every Conv and Linear).
 - ``fp8`` (GPU, compute capability ≥ 8.9): ``torch._scaled_mm`` with row-wise scales,
   the kernel torchao's float8 row-wise recipe calls; plain torch so it runs on the GPU
   machines without torchao.
@@ -35,6 +36,7 @@ from torch import nn
 from hpmodel.compress import export, onnx_graph
 from hpmodel.compress.export import INPUT_NAME
 from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.quiet import quiet_imports
 
 
 @contextlib.contextmanager
@@ -206,7 +208,8 @@ def to_dtype(model: nn.Module, dtype: str) -> nn.Module:
 def qat_configs():
     """torchao fake-quant configs matching ORT static int8: per-channel symmetric int8 weights,
     per-token asymmetric int8 activations (the coarsest granularity torchao's QAT fakes)."""
-    from torchao.quantization.qat import IntxFakeQuantizeConfig
+    with quiet_imports():  # torchao's notices about kernels for other machines
+        from torchao.quantization.qat import IntxFakeQuantizeConfig
 
     # torchao fakes activations per token (per example here) at most, not per tensor
     activations = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
@@ -221,8 +224,9 @@ def qat_prepare(model: nn.Module) -> nn.Module:
 
         trainer = Trainer(model_transform=qat_prepare)   # fine-tune with fake quant
     """
-    from torchao.quantization import quantize_
-    from torchao.quantization.qat import QATConfig
+    with quiet_imports():
+        from torchao.quantization import quantize_
+        from torchao.quantization.qat import QATConfig
 
     activations, weights = qat_configs()
     quantize_(model, QATConfig(activation_config=activations, weight_config=weights, step="prepare"))
@@ -236,8 +240,9 @@ def qat_convert(model: nn.Module) -> nn.Module:
 
         float_model = qat_convert(trained)    # then export_onnx + quantize_onnx_static
     """
-    from torchao.quantization import quantize_
-    from torchao.quantization.qat import QATConfig
+    with quiet_imports():
+        from torchao.quantization import quantize_
+        from torchao.quantization.qat import QATConfig
 
     quantize_(model, QATConfig(step="convert"))
     return model

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.compress import export, onnx_graph, prune, quantize
+from hpmodel.compress import export, fake_quant, onnx_graph, prune, quantize, structured
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.files import load_weights, read_json, save_weights, write_json
 from hpmodel.datasets import load_splits
@@ -51,7 +51,7 @@ class CompressOptions:
 
     modes: list[str] = field(default_factory=lambda: list(CPU_MODES))
     sparsity: float = 0.8  # magnitude pruning target (TF-MOT's MNIST example uses 0.8)
-    structured_amount: float = 0.5  # fraction of hidden units / channels removed
+    structured_amount: float = 0.5  # fraction of parameters removed (Torch-Pruning; units without it)
     fine_tune_epochs: int = 3  # QAT and pruning
     fine_tune_lr_scale: float = 1.0  # peak fine-tune LR as a fraction of the run's (cosine to 0)
     calibration_batches: int = 8
@@ -92,6 +92,8 @@ def load_source(run_dir: str | Path, trust_model_target: bool = False) -> Source
 
 def _load_into(model: nn.Module, weights: dict, where: Path) -> None:
     prune.resize_to_weights(model, weights)
+    structured.resize_to_state(model, weights)  # Torch-Pruning's smaller norms, attention, embeddings
+    fake_quant.add_folded_biases(model, weights)  # QAT / control weights of BatchNorm models
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as error:
@@ -199,11 +201,29 @@ def _bf16(source, options, folder):
     return {"format": "torch", "dtype": "bf16"}
 
 
+def qat_model(source: SourceRun, options: CompressOptions, fake_quant_on: bool = True) -> tuple[nn.Module, str]:
+    """Fine-tune a copy of the model with fake int8 (or, ``fake_quant_on=False``, the fp32
+    control of the same length); returns the float model and which fake quantizer ran.
+
+    Models with convolutions fold BatchNorm and use :mod:`hpmodel.compress.fake_quant` (every
+    Conv and Linear, ORT's rounding); others use torchao's QAT (Linear layers).
+    """
+    model = source.fresh_model()
+    if fake_quant.has_convolutions(model):
+        model = fake_quant.fold_batch_norm(model.eval())
+        prepare, convert, kind = fake_quant.prepare, fake_quant.convert, "hpmodel per-channel (conv + linear)"
+    else:
+        prepare, convert, kind = quantize.qat_prepare, quantize.qat_convert, "torchao (linear)"
+    if not fake_quant_on:
+        return fine_tune(source, model, options), "none (fp32 control)"
+    return convert(fine_tune(source, model, options, model_transform=prepare)), kind
+
+
 def _qat(source, options, folder):
-    model = fine_tune(source, source.fresh_model(), options, model_transform=quantize.qat_prepare)
-    model = quantize.qat_convert(model)
+    model, kind = qat_model(source, options)
     save_weights(folder / "model.safetensors", model.state_dict())  # float weights after QAT
-    return {**_static(source, model, options, folder), "fine_tune_epochs": options.fine_tune_epochs}
+    return {**_static(source, model, options, folder), "fine_tune_epochs": options.fine_tune_epochs,
+            "fake_quant": kind}
 
 
 def pruned_model(source: SourceRun, options: CompressOptions) -> tuple[nn.Module, list]:
@@ -234,11 +254,14 @@ def _prune_int8(source, options, folder):
 
 
 def _structured(source, options, folder):
-    model = prune.prune_structured(source.fresh_model(), options.structured_amount)
+    example = source.splits.train.x[:1].float()
+    model = structured.prune_to_ratio(source.fresh_model(), options.structured_amount, example)
     model = fine_tune(source, model, options)
     save_weights(folder / "model.safetensors", model.state_dict())
     _export_if_possible(source, model, folder)
-    return {"format": "torch", "dtype": "float32", "structured_amount": options.structured_amount}
+    return {"format": "torch", "dtype": "float32", "structured_amount": options.structured_amount,
+            "pruner": "torch_pruning" if structured.available() else "hpmodel chain surgery",
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def _fp8(source, options, folder):
@@ -373,4 +396,4 @@ def evaluate_variant(folder: str | Path, split: str = "test",
 
 __all__ = ["CPU_MODES", "GPU_MODES", "MODES", "CompressOptions", "SourceRun", "build_variant",
            "missing_packages",
-           "evaluate_variant", "fine_tune", "is_variant", "load_source", "load_variant"]
+           "evaluate_variant", "fine_tune", "qat_model", "is_variant", "load_source", "load_variant"]

@@ -45,15 +45,35 @@ def _fastest_cpu_ms(row: dict[str, Any], batch: int) -> float | None:
 
 
 def write_report(out_dir: str | Path, rows: list[dict[str, Any]], skipped: dict[str, str] | None = None,
-                 title: str = "hpmodel compress") -> dict[str, Any]:
-    """Write ``summary.json``, ``report.md``, ``accuracy_vs_size.png`` and ``accuracy_vs_latency.png``."""
+                 title: str = "hpmodel compress", *, repeats: int | None = None,
+                 seed: int | None = None) -> dict[str, Any]:
+    """Write ``summary.json``, ``report.md``, ``accuracy_vs_size.png`` and ``accuracy_vs_latency.png``.
+
+    ``repeats`` (timed calls per latency) and ``seed`` (the one the fine-tuned variants
+    trained with) are recorded in ``summary.json`` under ``latency`` and ``seeds``.
+    """
     out_dir = Path(out_dir)
     add_ratios(rows)
-    summary = {"environment": environment(), "variants": rows, "skipped": skipped or {}}
+    summary = {"environment": environment(), "variants": rows, "skipped": skipped or {},
+               "latency": latency_method(repeats), "seeds": seeds_note(seed)}
     write_json(out_dir / "summary.json", summary)
-    atomic_write_bytes(out_dir / "report.md", markdown(rows, skipped or {}, title).encode())
+    atomic_write_bytes(out_dir / "report.md", markdown(rows, skipped or {}, title, summary).encode())
     plot(out_dir, rows)
     return summary
+
+
+def latency_method(repeats: int | None) -> dict[str, Any]:
+    """How every ``*_ms_b*`` figure was taken (the same way at each batch size)."""
+    return {"statistic": "median", "timed_calls": repeats, "warm_up": "before the timed calls, at each "
+            "batch size and path (hpmodel.compress.measure.latency_ms)", "unit": "ms per call"}
+
+
+def seeds_note(seed: int | None) -> dict[str, Any]:
+    """Compress has no seed list: each variant is built once from the source run; the
+    fine-tuned ones (QAT, pruning) train with the run's own seed, so no spread is known."""
+    return {"used": [] if seed is None else [seed], "per_seed_results": False,
+            "why": "each variant is built once from the source run's weights; fine-tuned variants "
+                   "use the source run's seed"}
 
 
 COLUMNS = ("mode", "format", "dtype", "test_accuracy", "parameters", "bytes", "gzip_bytes",
@@ -62,7 +82,8 @@ COLUMNS = ("mode", "format", "dtype", "test_accuracy", "parameters", "bytes", "g
            "x_faster_vs_fastest_fp32_b1", "x_faster_vs_fastest_fp32_b64")
 
 
-def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str) -> str:
+def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str,
+             summary: dict[str, Any] | None = None) -> str:
     def cell(value):
         if isinstance(value, float):
             return f"{value:.4f}" if value < 10 else f"{value:,.1f}"
@@ -73,11 +94,17 @@ def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str) ->
              f"GPU: {env['gpu'] or 'none'}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
-    lines += ["", "Latencies are median milliseconds per call; `ort` is ONNX Runtime (CPU), "
+    latency, seeds = (summary or {}).get("latency", {}), (summary or {}).get("seeds", {})
+    timed = f"of {latency['timed_calls']} timed calls " if latency.get("timed_calls") else ""
+    lines += ["", f"Latencies are median milliseconds per call {timed}after warm-up calls at each "
+              "batch size (no first-call cost); `ort` is ONNX Runtime (CPU), "
               "`torch` is eager PyTorch. Sizes are of the variant's main file; `x_smaller_weights` "
               "compares initializer bytes with the fp32 export. Speed ratios are against the "
               "fastest fp32 CPU path of this run (ORT or eager; `hpmodel bench compress` adds "
               "torch.compile and torchao).", ""]
+    if seeds.get("used"):
+        lines += [f"One build per variant, no per-seed spread: fine-tuned variants (QAT, pruning) "
+                  f"train with the source run's seed {seeds['used'][0]}.", ""]
     lines += [f"- skipped `{mode}`: {why}" for mode, why in skipped.items()]
     lines += ["", "![accuracy vs size](accuracy_vs_size.png)", "",
               "![accuracy vs latency](accuracy_vs_latency.png)", ""]

@@ -8,14 +8,16 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from hpmodel.compress import variants
 from hpmodel.compress.measure import measure_variant
 from hpmodel.kernel.locks import DirectoryLock, make_directory
+from hpmodel.kernel.quiet import quiet_compress
 from hpmodel.reporting.compress import write_report
 from hpmodel.reporting.console import print_rows
 from tqdm import tqdm
@@ -39,20 +41,32 @@ def _compress(run_dir, out_dir: Path, options, repeats: int, trust_model_target:
     source = variants.load_source(run_dir, trust_model_target)
     modes = ["fp32"] + [m for m in options.modes if m != "fp32"]
     rows, skipped = [], {}
-    for mode in tqdm(modes, desc="compress", unit="variant"):
+    for mode in progress(modes):
         if mode in variants.GPU_MODES and not torch.cuda.is_available():
             skipped[mode] = "needs a CUDA GPU (run on the GPU machine)"
             continue
         if variants.missing_packages(mode):
             skipped[mode] = f"needs {', '.join(variants.missing_packages(mode))} (pip install hpmodel[compress])"
             continue
-        folder = variants.build_variant(source, mode, out_dir, options)
-        rows.append(measure_variant(folder, repeats=repeats, trust_model_target=trust_model_target))
-    summary = write_report(out_dir, rows, skipped, title=f"hpmodel compress {run_dir}")
+        with quiet_compress():  # torchao's and ONNX Runtime's notices about this machine
+            folder = variants.build_variant(source, mode, out_dir, options)
+            rows.append(measure_variant(folder, repeats=repeats, trust_model_target=trust_model_target))
+    summary = write_report(out_dir, rows, skipped, title=f"hpmodel compress {run_dir}",
+                           repeats=repeats, seed=source.cfg.seed)
     columns = ("mode", "test_accuracy", "parameters", "bytes", "gzip_bytes", "ort_cpu_ms_b64",
                "torch_cpu_ms_b64", "x_smaller_gzip")
     print_rows([{k: r.get(k) for k in columns if k in r} for r in rows], title=f"hpmodel compress → {out_dir}")
     return summary
+
+
+def progress(modes: list[str]) -> Iterator[str]:
+    """A tqdm bar on a terminal; elsewhere (a log, a pipe) one plain line per variant."""
+    if sys.stderr.isatty():
+        yield from tqdm(modes, desc="compress", unit="variant")
+        return
+    for index, mode in enumerate(modes, 1):
+        print(f"compress: variant {index}/{len(modes)} {mode}", file=sys.stderr, flush=True)
+        yield mode
 
 
 __all__ = ["compress_run"]

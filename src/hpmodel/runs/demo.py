@@ -26,8 +26,8 @@ from hpmodel.compress.variants import CompressOptions
 from hpmodel.reporting.demo import write_demo_report
 from hpmodel.runs.train import train_from_config
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
-QUICK_COMPRESS_MODES = ["dynamic-int8", "static-int8", "prune"]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # src/hpmodel/examples
+QUICK_COMPRESS_MODES = ["dynamic-int8", "static-int8", "qat", "prune"]  # qat: torchao is imported
 COMPRESS_MODES = ["dynamic-int8", "static-int8", "float16", "qat", "prune", "prune-int8", "structured"]
 
 

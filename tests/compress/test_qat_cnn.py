@@ -1,0 +1,60 @@
+"""QAT of the depthwise-separable CNN: structure, BN folding, fake-quant rounding, export."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hpmodel.bench.compress import MOBILENET, _train
+from hpmodel.compress import fake_quant
+from hpmodel.compress.mobilenet import mobilenet
+from hpmodel.compress.variants import CompressOptions, build_variant, evaluate_variant, load_source, qat_model
+
+
+def test_mobilenet_is_depthwise_separable():
+    model = mobilenet((1, 8, 8), 10, width=8, depth=3)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = [c for c in convs if c.groups == c.in_channels > 1]
+    pointwise = [c for c in convs if c.kernel_size == (1, 1)]
+    assert len(depthwise) == len(pointwise) == 3
+    assert sum(isinstance(m, nn.ReLU6) for m in model.modules()) == 4
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_folding_keeps_outputs_and_state_keys():
+    torch.manual_seed(0)
+    model = mobilenet((1, 8, 8), 10, width=8, depth=2)
+    model.train()(torch.randn(32, 1, 8, 8))  # non-trivial running statistics
+    x = torch.randn(4, 1, 8, 8)
+    before = model.eval()(x)
+    keys = set(model.state_dict())
+    folded = fake_quant.fold_batch_norm(model)
+    assert torch.allclose(folded(x), before, atol=1e-5)
+    assert keys <= set(folded.state_dict())  # plus the folded conv biases
+    fresh = fake_quant.add_folded_biases(mobilenet((1, 8, 8), 10, width=8, depth=2), folded.state_dict())
+    fresh.load_state_dict(folded.state_dict())
+    assert torch.allclose(fresh.eval()(x), before, atol=1e-4)
+
+
+def test_weight_fake_quant_is_on_the_int8_grid_with_straight_through_gradient():
+    weight = torch.randn(4, 1, 3, 3, requires_grad=True)
+    quantized = fake_quant.fake_quantize_weight(weight)
+    scale = weight.detach().flatten(1).abs().amax(1).reshape(-1, 1, 1, 1) / 127
+    steps = quantized.detach() / scale
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and steps.abs().max() <= 127.001
+    quantized.sum().backward()
+    assert torch.equal(weight.grad, torch.ones_like(weight))
+
+
+def test_qat_runs_and_exports(tmp_path):
+    run = _train(tmp_path / "run", MOBILENET[:1] + ["model.options={width=4, depth=2}", "optimizer.lr=0.01",
+                                                    "data.num_examples=256"], epochs=1)
+    source = load_source(run)
+    options = CompressOptions(modes=["qat"], fine_tune_epochs=1, calibration_batches=2)
+    prepared = fake_quant.prepare(fake_quant.fold_batch_norm(source.fresh_model().eval()))
+    assert sum(isinstance(m, fake_quant.FakeQuantized) for m in prepared.modules()) == 6  # 5 convs + linear
+    model, kind = qat_model(source, options)
+    assert "conv" in kind and not any(isinstance(m, fake_quant.FakeQuantized) for m in model.modules())
+    folder = build_variant(source, "qat", tmp_path / "variants", options)
+    assert (folder / "model.onnx").is_file()
+    assert 0.0 <= evaluate_variant(folder)["test_accuracy"] <= 1.0
