@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 import torch
 
-from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.files import write_json
 from safetensors.torch import load_file, save
 
