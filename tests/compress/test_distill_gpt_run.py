@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli
 from hpmodel.config import load_config
 from hpmodel.data import write_text_shards
+from hpmodel.kernel.errors import ConfigError
 from hpmodel.runs.distill import distill_from_config, load_distill_config
 from hpmodel.runs.train import evaluate_run, train_from_config
 
@@ -95,6 +96,5 @@ def test_resumes_from_backups_and_cli_errors(teacher, tmp_path):
             str(tmp_path / "b"), *sets, check=True)  # resumes at the last step: same student
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("a", "b"))
     assert a["test_bits_per_byte"] == b["test_bits_per_byte"]
-    bad = run_cli("distill", str(config), "--teacher", str(teacher / "teacher"), "--out",
-                  str(tmp_path / "c"), "--set", 'distill.topk_indices="int8"')
-    assert bad.returncode == 2 and "distill.topk_indices" in bad.stderr
+    with pytest.raises(ConfigError, match="distill.topk_indices"):
+        load_distill_config(config, ['distill.topk_indices="int8"'])
