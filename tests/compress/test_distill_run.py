@@ -53,7 +53,7 @@ def teachers(tmp_path_factory):
 
 def test_multi_teacher_run_writes_report(teachers, tmp_path):
     config = write_config(tmp_path / "s.toml", distill="[distill]\ntemperature = 2.0\n"
-                          "teacher_weights = [2, 1]\nlatency_repeats = 3\n")
+                          "teacher_weights = [2, 1]\nlatency_repeats = 3\nseeds = [0, 1]\n")
     cfg, dcfg = load_distill_config(config)
     out = tmp_path / "run"
     summary = distill_from_config(cfg, dcfg, [str(d) for d in teachers], out)
@@ -68,6 +68,11 @@ def test_multi_teacher_run_writes_report(teachers, tmp_path):
     for row in written["report"]:
         assert row["parameters"] > 0 and row["latency_ms_batch64"] > 0 and row["file_bytes"] > 0
     assert "gap recovered" in (out / "report.md").read_text()
+    seeds = written["seeds"]  # per seed, and mean ± std over them (#21)
+    assert [r["seed"] for r in seeds] == [0, 1] and "distilled_test_accuracy" in written["std"]
+    assert written["mean"]["distilled_test_accuracy"] == pytest.approx(
+        sum(r["distilled_test_accuracy"] for r in seeds) / 2)
+    assert written["test_accuracy"] == pytest.approx(seeds[0]["distilled_test_accuracy"])
     # The distilled student is a plain run directory: 'hpmodel evaluate' re-scores it.
     from hpmodel.runs.train import evaluate_run
     assert evaluate_run(out)["test_accuracy"] == pytest.approx(written["test_accuracy"], abs=1e-9)

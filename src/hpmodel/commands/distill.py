@@ -20,13 +20,15 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from hpmodel.runs.distill import distill_from_config, load_distill_config
-    from hpmodel.reporting.distill import markdown_table
+    from hpmodel.reporting.distill import lm_markdown, markdown_table
 
     cfg, dcfg = load_distill_config(args.config, overrides_from_args(args))
     summary = distill_from_config(cfg, dcfg, args.teacher, args.out,
                                   trust_model_target=args.trust_model_target)
-    print(f"hpmodel distill → {args.out}\n\n{markdown_table(summary['report'])}\n")  # as in report.md
+    table = lm_markdown(summary) if summary.get("task") == "causal-lm" else \
+        markdown_table(summary["report"])
+    print(f"hpmodel distill → {args.out}\n\n{table}\n")  # as in report.md
     gap = summary.get("gap_recovered")
-    if gap is not None:
+    if isinstance(gap, float):
         print(f"gap recovered: {gap:.1%} of the teacher−student gap")
     return 0

@@ -105,7 +105,151 @@ def write_report(out_dir: str | Path, rows: list[dict[str, Any]], summary: dict[
             f"(Hinton et al. 2015 on MNIST: 146 → 74 errors with the teacher at 67, ≈ 91%).\n\n"
             f"Settings: {settings}.\n\nLatency: median CPU forward, torch.inference_mode, "
             f"{torch.get_num_threads()} thread(s).\n")
+    if isinstance(summary.get("seeds"), list) and summary["seeds"]:
+        text += "\n" + seed_table(summary)
     atomic_write_bytes(out_dir / "report.md", text.encode())
 
 
-__all__ = ["accuracy", "gap_recovered", "latency_ms", "markdown_table", "measure", "write_report"]
+def seed_table(summary: dict[str, Any]) -> str:
+    """Per-seed accuracies of a classifier's distillation, and which one was saved."""
+    lines = ["| seed | scratch | distilled | gap recovered |", "|---:|---:|---:|---:|"]
+    for r in summary["seeds"]:
+        scratch = f"{r['scratch_test_accuracy']:.4f}" if r["scratch_test_accuracy"] is not None else "—"
+        gap = f"{r['gap_recovered']:.2f}" if r["gap_recovered"] is not None else "—"
+        lines.append(f"| {r['seed']} | {scratch} | {r['distilled_test_accuracy']:.4f} | {gap} |")
+    return ("\n".join(lines) + f"\n\n`test_accuracy` = {summary['test_accuracy']:.4f} in summary.json "
+            f"is {summary.get('test_metrics_of', 'the saved model')}, not the mean.\n")
+
+
+
+
+
+# -- language models: bits per byte, per seed ------------------------------------------------
+LM_METRICS = ("bits_per_byte", "perplexity", "loss", "accuracy")
+FIT_METRICS = ("steps", "tokens_per_second", "examples_per_second", "wall_seconds")
+
+
+def _scores(test: dict[str, float], fit: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {k: test[k] for k in LM_METRICS if k in test}
+    out.update({k: fit[k] for k in FIT_METRICS if fit and k in fit})
+    return out
+
+
+def lm_seed_record(seed: int, teacher: dict, distilled: dict, scratch) -> dict[str, Any]:
+    """One seed's figures: teacher, scratch and each distilled student (``name → (test
+    metrics, fit summary)``), the gap recovered and the quality ratio (teacher bpb / student bpb).
+
+    Example::
+
+        lm_seed_record(0, teacher_test, {"top-32": (test, fit.summary)}, (test, fit.summary))
+    """
+    record: dict[str, Any] = {"seed": seed, "teacher": _scores(teacher),
+                              "scratch": _scores(*scratch) if scratch else None,
+                              "distilled": {n: _scores(*pair) for n, pair in distilled.items()},
+                              "gap_recovered": {}, "quality_ratio": {}}
+    for name, scores in record["distilled"].items():
+        bpb = scores["bits_per_byte"]
+        record["quality_ratio"][name] = teacher["bits_per_byte"] / bpb
+        record["gap_recovered"][name] = (gap_recovered(-teacher["bits_per_byte"],
+                                                       -record["scratch"]["bits_per_byte"], -bpb)
+                                         if scratch else None)
+    return record
+
+
+def flat_record(record: dict[str, Any]) -> dict[str, float]:
+    """A seed's record as ``name_metric → value`` (what mean and std are taken over)."""
+    flat = {f"teacher_{k}": v for k, v in record["teacher"].items()}
+    flat.update({f"scratch_{k}": v for k, v in (record["scratch"] or {}).items()})
+    for name, scores in record["distilled"].items():
+        flat.update({f"{name}_{k}": v for k, v in scores.items()})
+        flat[f"{name}_quality_ratio"] = record["quality_ratio"][name]
+        flat[f"{name}_gap_recovered"] = record["gap_recovered"][name]
+    return {k: v for k, v in flat.items() if isinstance(v, (int, float))}
+
+
+def summarize_seeds(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{"mean": ..., "std": ...}`` of every figure over the seeds (std 0 for one seed).
+
+    Example::
+
+        summarize_seeds(records)["mean"]["top-32_bits_per_byte"]
+    """
+    flats = [flat_record(r) for r in records]
+    keys = [k for k in flats[0] if all(k in f for f in flats)]
+    values = {k: [float(f[k]) for f in flats] for k in keys}
+    return {"mean": {k: statistics.mean(v) for k, v in values.items()},
+            "std": {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}}
+
+
+@torch.inference_mode()
+def tokens_per_second(model: nn.Module, batch: int = 32, repeats: int = 10) -> float:
+    """Inference tokens per second of a GPT on the CPU: (batch, seq_len) random tokens, the
+    median of ``repeats`` timed forwards after 2 warm-up calls."""
+    model = model.cpu().eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch, model.config.seq_len))
+    for _ in range(2):
+        model(ids)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(ids)
+        times.append(time.perf_counter() - start)
+    return ids.numel() / statistics.median(times)
+
+
+def _cell(summary: dict, key: str, digits: int = 4) -> str:
+    mean, std = summary["mean"].get(key), summary["std"].get(key)
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(summary["seeds"]) > 1 else f"{mean:.{digits}f}"
+
+
+def lm_markdown(summary: dict[str, Any]) -> str:
+    """The mean ± std table over seeds, then one row per seed and student."""
+    names = list(summary["seeds"][0]["distilled"])
+    lines = ["| model | bits per byte | perplexity | teacher bpb / bpb | gap recovered "
+             "| train tokens/s |", "|---|---:|---:|---:|---:|---:|",
+             f"| teacher | {_cell(summary, 'teacher_bits_per_byte')} | "
+             f"{_cell(summary, 'teacher_perplexity', 3)} | 1 | — | — |"]
+    if summary["seeds"][0]["scratch"]:
+        lines.append(f"| student from scratch | {_cell(summary, 'scratch_bits_per_byte')} | "
+                     f"{_cell(summary, 'scratch_perplexity', 3)} | — | 0 | "
+                     f"{_cell(summary, 'scratch_tokens_per_second', 0)} |")
+    for n in names:
+        lines.append(f"| distilled ({n}) | {_cell(summary, f'{n}_bits_per_byte')} | "
+                     f"{_cell(summary, f'{n}_perplexity', 3)} | "
+                     f"{_cell(summary, f'{n}_quality_ratio', 3)} | "
+                     f"{_cell(summary, f'{n}_gap_recovered', 3)} | "
+                     f"{_cell(summary, f'{n}_tokens_per_second', 0)} |")
+    lines += ["", "| seed | teacher bpb | scratch bpb | " + " | ".join(f"{n} bpb" for n in names)
+              + " |", "|---:|---:|---:|" + "---:|" * len(names)]
+    for r in summary["seeds"]:
+        scratch = f"{r['scratch']['bits_per_byte']:.4f}" if r["scratch"] else "—"
+        lines.append(f"| {r['seed']} | {r['teacher']['bits_per_byte']:.4f} | {scratch} | "
+                     + " | ".join(f"{r['distilled'][n]['bits_per_byte']:.4f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def write_lm_report(out_dir: str | Path, summary: dict[str, Any],
+                    title: str = "Distillation report") -> None:
+    """Write ``summary.json`` and ``report.md`` of a language-model distillation."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "summary.json", summary)
+    params = summary["parameters"]
+    text = (f"# {title}\n\n{lm_markdown(summary)}\n\nParameters: teacher {params['teacher']:,}, "
+            f"student {params['student']:,} (blocks {summary['student_layers']} of the teacher). "
+            f"CPU inference: student {summary['speedup']:.2f}× the teacher's tokens/s. "
+            f"`test_bits_per_byte` = {summary['test_bits_per_byte']:.4f} is "
+            f"{summary['test_metrics_of']}, not the mean.\n")
+    if "topk" in summary:
+        topk = summary["topk"]
+        text += (f"\nTop-{topk['k']} teacher outputs ({topk['value_dtype']} values, "
+                 f"{topk['index_dtype']} indices): {topk['bytes'] / 2**20:.1f} MiB of shards for "
+                 f"{topk['records']:,} examples, against {summary['teacher_parameter_bytes'] / 2**20:.1f}"
+                 f" MiB of teacher parameters kept out of training memory.\n")
+    atomic_write_bytes(out_dir / "report.md", text.encode())
+
+
+__all__ = ["accuracy", "flat_record", "gap_recovered", "latency_ms", "lm_markdown", "lm_seed_record",
+           "markdown_table", "measure", "summarize_seeds", "tokens_per_second", "write_lm_report",
+           "write_report"]

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,9 @@ import torch.nn.functional as F
 
 from hpmodel.compress.distill import Ensemble, distill, load_teacher, soft_targets
 from hpmodel.reporting.distill import accuracy, gap_recovered, measure, write_report
+from hpmodel.compress.lm_distill import HIDDEN_LOSSES, TOPK_REST
 from hpmodel.compress.noisy_student import Noise, noisy_student
+from hpmodel.compress.topk import INDEX_DTYPES, VALUE_DTYPES
 from hpmodel.config import RunConfig, config_from_dict
 from hpmodel.kernel.schema import check_type, read_toml, to_toml
 from hpmodel.datasets import load_splits
@@ -34,6 +37,7 @@ from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.train.callbacks import MetricsLogger
 from hpmodel.train.optim import optimizer_factory
 from hpmodel.runs.common import ModelFactory, build_strategy, build_trainer
+from hpmodel.runs.distill_lm import distill_lm
 from hpmodel.kernel.files import atomic_write_bytes, save_weights
 from hpmodel.kernel.locks import DirectoryLock, make_directory
 
@@ -59,6 +63,18 @@ class DistillConfig:
     noise_std: float = 0.05  # noisy-student input Gaussian noise
     stochastic_depth: float = 0.1  # noisy-student, on residual blocks
     latency_repeats: int = 20
+    # Language models (train.task = "causal-lm"): docs/distillation.md, "GPT students".
+    student_init: str = "teacher"  # teacher: copy embeddings, chosen blocks and head | random
+    student_layers: list = field(default_factory=list)  # teacher blocks; empty: model.depth spread evenly
+    hard_weight: float = -1.0  # weight of the LM (hard-label) loss; below 0: 1 - alpha
+    hidden_weight: float = 0.0  # weight of hidden-state matching (online teachers only)
+    hidden_loss: str = "cosine"  # cosine | mse
+    topk: int = 0  # > 0: write the teachers' top-k log-probabilities first, train from them
+    topk_values: str = "float16"  # float16 | float32
+    topk_indices: str = "int16"  # int16 | int32
+    topk_rest: str = "bucket"  # bucket: the mass outside the top-k as one category | drop
+    topk_dir: str = ""  # where the top-k shards go; empty: OUT/teacher-topk
+    compare_full: bool = True  # with topk > 0, also train a full-logit student for the report
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -71,6 +87,15 @@ class DistillConfig:
         if self.mode == "noisy-student" and self.labeled_fraction == 1:
             raise ConfigError("distill.mode = 'noisy-student' needs an unlabeled pool: set "
                               "distill.labeled_fraction below 1 (e.g. 0.5)")
+        for key, allowed in (("student_init", ("teacher", "random")), ("hidden_loss", HIDDEN_LOSSES),
+                             ("topk_rest", TOPK_REST), ("topk_values", tuple(VALUE_DTYPES)),
+                             ("topk_indices", tuple(INDEX_DTYPES))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"distill.{key} = '{getattr(self, key)}' is unknown: allowed "
+                                  f"values are {', '.join(allowed)}")
+        if self.topk < 0 or self.hidden_weight < 0:
+            raise ConfigError("distill.topk (0: full logits) and distill.hidden_weight must not "
+                              "be negative")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise ConfigError("distill.temperature must be positive and distill.alpha in [0, 1]")
 
@@ -167,6 +192,8 @@ def _distill(cfg: RunConfig, dcfg: DistillConfig, teacher_dirs: list, out_dir: P
     loaded = [load_teacher(d, trust_model_target) for d in teacher_dirs]
     for (_, teacher_cfg), run_dir in zip(loaded, teacher_dirs):
         check_teacher_data(cfg, teacher_cfg, run_dir)
+    if cfg.train.task == "causal-lm":
+        return distill_lm(cfg, dcfg, loaded, teacher_dirs, out_dir, started)
     teachers = [model for model, _ in loaded]
     splits = load_splits(cfg.data, cfg.seed)
     labeled, pool_x = split_pool(splits.train, dcfg.labeled_fraction, cfg.seed)
@@ -174,7 +201,7 @@ def _distill(cfg: RunConfig, dcfg: DistillConfig, teacher_dirs: list, out_dir: P
     strategy, optimizer = build_strategy(cfg), optimizer_factory(cfg.optimizer)
     seeds = [int(s) for s in dcfg.seeds] or [cfg.seed]
     scratch_scores, distilled_scores, first = [], [], {}
-    for seed in seeds:
+    for seed in seeds:  # the first seed's students are the ones saved (and summarized)
         trainer = build_trainer(dataclasses.replace(cfg, seed=seed), strategy,
                                 [MetricsLogger(out_dir)] if not first else [])
         model, result, pseudo = train_distilled(dcfg, teachers, factory, trainer, optimizer,
@@ -185,7 +212,7 @@ def _distill(cfg: RunConfig, dcfg: DistillConfig, teacher_dirs: list, out_dir: P
                 factory, optimizer, labeled, epochs=cfg.train.epochs, val_data=splits.val).model
             scratch_scores.append(accuracy(scratch, splits.test))
         if not first:
-            first = {"model": model, "result": result, "pseudo": pseudo,
+            first = {"model": model, "result": result, "pseudo": pseudo, "seed": seed,
                      "scratch": scratch if dcfg.baseline else None}
     files = save_students(out_dir, cfg, first["model"], first["scratch"])
     rows, teacher_accuracy = teacher_rows(loaded, teacher_dirs, dcfg, splits.test)
@@ -197,6 +224,7 @@ def _distill(cfg: RunConfig, dcfg: DistillConfig, teacher_dirs: list, out_dir: P
     if files.get("ensemble_bytes"):
         rows[-1]["file_bytes"] = files["ensemble_bytes"]
     summary = build_summary(cfg, dcfg, first, rows, teacher_accuracy, teacher_dirs, splits, started)
+    summary.update(seed_results(seeds, teacher_accuracy, distilled_scores, scratch_scores))
     write_report(out_dir, rows, summary, title=f"hpmodel distill → {out_dir}")
     return {**summary, "report": rows}
 
@@ -232,18 +260,36 @@ def save_students(out_dir: Path, cfg: RunConfig, model, scratch) -> dict[str, An
     return files
 
 
+def seed_results(seeds, teacher_accuracy, distilled, scratch) -> dict[str, Any]:
+    """Every seed's accuracies and gap recovered, and their mean and std over seeds."""
+    records = []
+    for index, seed in enumerate(seeds):
+        s = scratch[index] if scratch else None
+        records.append({"seed": seed, "distilled_test_accuracy": distilled[index],
+                        "scratch_test_accuracy": s, "teacher_test_accuracy": teacher_accuracy,
+                        "gap_recovered": gap_recovered(teacher_accuracy, s, distilled[index])
+                        if s is not None else None})
+    keys = [k for k in records[0] if k != "seed" and all(r[k] is not None for r in records)]
+    values = {k: [float(r[k]) for r in records] for k in keys}
+    return {"seeds": records, "mean": {k: statistics.mean(v) for k, v in values.items()},
+            "std": {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}}
+
+
 def build_summary(cfg, dcfg, first, rows, teacher_accuracy, teacher_dirs, splits, started):
-    distilled = rows[-1]
-    scratch = rows[-2]["test_accuracy"] if dcfg.baseline else None
+    """summary.json: ``test_accuracy`` and ``test_loss`` are those of the saved model (the
+    first seed's distilled student), not the mean over seeds (that is ``mean``)."""
+    scratch = accuracy(first["scratch"], splits.test) if dcfg.baseline else None
     with torch.no_grad():
         model = first["model"].cpu().eval()
         test_loss = F.cross_entropy(model(splits.test.x).float(), splits.test.y).item()
+    distilled = {"test_accuracy": accuracy(model, splits.test)}
     result = first["result"]
     return {**{k: result.summary[k] for k in ("steps", "examples_per_second", "wall_seconds")},
             "test_accuracy": distilled["test_accuracy"], "test_loss": test_loss,
             "scratch_test_accuracy": scratch, "teacher_test_accuracy": teacher_accuracy,
             "gap_recovered": gap_recovered(teacher_accuracy, scratch, distilled["test_accuracy"])
             if scratch is not None else None,
+            "test_metrics_of": f"seed {first['seed']}'s distilled student (model.safetensors)",
             "teachers": [str(d) for d in teacher_dirs], "pseudo_labeled": first["pseudo"],
             "distill": dataclasses.asdict(dcfg), "strategy": build_strategy(cfg).describe(),
             "total_seconds": time.perf_counter() - started}

@@ -1,0 +1,100 @@
+"""``hpmodel distill`` on a GPT: a tiny teacher, half-depth students from its blocks, offline
+top-k and full-logit distillation, per-seed results, the saved model's metrics, resume."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from hpmodel.config import load_config
+from hpmodel.data import write_text_shards
+from hpmodel.kernel.errors import ConfigError
+from hpmodel.runs.distill import distill_from_config, load_distill_config
+from hpmodel.runs.train import evaluate_run, train_from_config
+
+CONFIG = """seed = 0
+[data]
+name = "shards"
+shards = "{shards}/train-*.shard"
+test_shards = "{shards}/val-*.shard"
+batch_size = 8
+val_fraction = 0.0
+drop_remainder = true
+[model]
+name = "gpt"
+width = 16
+depth = {depth}
+heads = 2
+options = {{ seq_len = 8, vocab_size = 256 }}
+[optimizer]
+name = "adamw"
+lr = 0.01
+[train]
+task = "causal-lm"
+max_steps = {steps}
+progress = false
+log_every_steps = 2
+[strategy]
+name = "one-device"
+device = "cpu"
+"""
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [str(stdlib / n) for n in ("abc.py", "bisect.py", "colorsys.py", "keyword.py")]
+    write_text_shards(files, str(root / "shards"), seq_len=8, val_fraction=0.25, seed=0)
+    (root / "teacher.toml").write_text(CONFIG.format(shards=root / "shards", depth=2, steps=6))
+    train_from_config(load_config(root / "teacher.toml"), root / "teacher")
+    return root
+
+
+def student_config(root, distill):
+    path = root / "student.toml"
+    path.write_text(CONFIG.format(shards=root / "shards", depth=1, steps=3) + "[distill]\n" + distill)
+    return path
+
+
+def test_topk_and_full_logit_students_per_seed(teacher, tmp_path):
+    config = student_config(teacher, "temperature = 2.0\nalpha = 0.5\nhidden_weight = 1.0\n"
+                                     "topk = 4\nseeds = [0, 1]\n")
+    cfg, dcfg = load_distill_config(config)
+    out = tmp_path / "run"
+    summary = distill_from_config(cfg, dcfg, [str(teacher / "teacher")], out)
+    written = json.loads((out / "summary.json").read_text())
+    assert written["primary"] == "top-4" and written["student_layers"] == [0]
+    assert [r["seed"] for r in written["seeds"]] == [0, 1]
+    for record in written["seeds"]:
+        assert set(record["distilled"]) == {"top-4", "full logits"}
+        assert record["scratch"]["bits_per_byte"] > 0 and record["teacher"]["perplexity"] > 1
+        assert record["distilled"]["top-4"]["tokens_per_second"] > 0
+    assert "top-4_bits_per_byte" in written["mean"] and "top-4_gap_recovered" in written["std"]
+    # The top-level figures are the saved model's (the first seed's top-k student).
+    assert written["test_bits_per_byte"] == written["seeds"][0]["distilled"]["top-4"]["bits_per_byte"]
+    assert evaluate_run(out)["test_bits_per_byte"] == pytest.approx(written["test_bits_per_byte"])
+    assert (out / "full-logits" / "model.safetensors").is_file()
+    assert (out / "scratch" / "model.safetensors").is_file()
+    topk = written["topk"]
+    assert topk["bytes"] > 0 and topk["index_dtype"] == "int16" and topk["records"] > 0
+    assert written["parameters"]["student"] < written["parameters"]["teacher"]
+    report = (out / "report.md").read_text()
+    assert "distilled (top-4)" in report and "not the mean" in report
+    assert summary["test_bits_per_byte"] == written["test_bits_per_byte"]
+
+
+def test_resumes_from_backups_and_cli_errors(teacher, tmp_path):
+    config = student_config(teacher, "topk = 4\ncompare_full = false\nbaseline = false\n")
+    sets = ["--set", f'backup.dir="{tmp_path / "backup"}"', "--set", "backup.every_steps=1"]
+    first = run_cli("distill", str(config), "--teacher", str(teacher / "teacher"), "--out",
+                    str(tmp_path / "a"), *sets, check=True)
+    assert "top-4" in first.stdout or (tmp_path / "a" / "report.md").is_file()
+    run_cli("distill", str(config), "--teacher", str(teacher / "teacher"), "--out",
+            str(tmp_path / "b"), *sets, check=True)  # resumes at the last step: same student
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("a", "b"))
+    assert a["test_bits_per_byte"] == b["test_bits_per_byte"]
+    with pytest.raises(ConfigError, match="distill.topk_indices"):
+        load_distill_config(config, ['distill.topk_indices="int8"'])
