@@ -191,7 +191,8 @@ def load_run_config(path: str | Path, trust_model_target: bool = False) -> RunCo
 
     A ``model.target`` there names code that building the model would import and run, and
     a run directory may come from anyone, so it is refused unless ``trust_model_target``
-    (``--trust-model-target``), like Hugging Face's ``trust_remote_code``.
+    (``--trust-model-target``), like Hugging Face's ``trust_remote_code``; hpmodel's own
+    modules (``hpmodel.…:builder``) need no opt-in.
 
     Example::
 
@@ -199,7 +200,9 @@ def load_run_config(path: str | Path, trust_model_target: bool = False) -> RunCo
         cfg = load_run_config("runs/mine/config.toml", trust_model_target=True)  # my own model code
     """
     cfg = load_config(path)
-    if cfg.model.target and not trust_model_target:
+    # hpmodel's own model builders (e.g. hpmodel.compress.mobilenet) are not foreign code.
+    own = cfg.model.target.partition(":")[0].startswith("hpmodel.")
+    if cfg.model.target and not (trust_model_target or own):
         raise ConfigError(f"'{path}' sets model.target = '{cfg.model.target}', code that building its "
                           "model would import and run: pass --trust-model-target "
                           "(trust_model_target=True) only if you trust this run directory")
