@@ -252,3 +252,13 @@ def check_positive(name: str, value: Any, allow_autotune: bool = False) -> None:
         extra = " or hpmodel.data.AUTOTUNE" if allow_autotune else ""
         raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}: "
                          f"pass e.g. {name}=4")
+
+def check_count(name: str, count: int) -> None:
+    """``take`` / ``skip`` counts: a non-negative int, or -1 for all (as in tf.data).
+
+    Example::
+
+        check_count("take", -1)  # fine
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < -1:
+        raise ValueError(f"{name} count must be a non-negative int or -1 (all), got {count!r}")

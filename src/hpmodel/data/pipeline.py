@@ -15,8 +15,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from . import stages
-from .core import AUTOTUNE, Context, Node, Stats, check_positive, random_seed
+from .map_stage import MapNode
+from .stages import (BatchNode, FilterNode, RepeatNode, ShuffleBufferNode, SkipNode, TakeNode,
+                     UnbatchNode)
+from .core import AUTOTUNE, Context, Node, Stats, check_count, check_positive, random_seed
 from .cache import FileCacheNode, MemoryCacheNode
 from .position import position_state, rebuild, restored_chain
 from .prefetch import DeviceNode, PrefetchNode
@@ -77,7 +79,7 @@ class Pipeline:
         """
         if num_parallel_calls is not None:
             check_positive("num_parallel_calls", num_parallel_calls, allow_autotune=True)
-        return self._then(stages.MapNode(self._node, fn, num_parallel_calls, deterministic,
+        return self._then(MapNode(self._node, fn, num_parallel_calls, deterministic,
                                          use_processes, chunk_size))
 
     def filter(self, predicate: Callable[[Any], bool]) -> "Pipeline":
@@ -87,7 +89,7 @@ class Pipeline:
 
             evens = from_tensors(torch.arange(10)).filter(lambda v: int(v) % 2 == 0)
         """
-        return self._then(stages.FilterNode(self._node, predicate))
+        return self._then(FilterNode(self._node, predicate))
 
     def interleave(self, fn: Callable[[Any], Iterable] | None = None, cycle_length: int = 4,
                    block_length: int = 1, num_parallel_calls: int | None = None,
@@ -155,7 +157,7 @@ class Pipeline:
             new_root = root.clone(None)
             new_root.shuffle_seed, new_root.reshuffle = seed, reshuffle_each_iteration
             return self._then(rebuild([new_root] + chain[1:]))
-        return self._then(stages.ShuffleBufferNode(self._node, buffer_size, seed,
+        return self._then(ShuffleBufferNode(self._node, buffer_size, seed,
                                                    reshuffle_each_iteration))
 
     def batch(self, batch_size: int, drop_remainder: bool = False,
@@ -168,7 +170,7 @@ class Pipeline:
                 ...
         """
         check_positive("batch_size", batch_size)
-        return self._then(stages.BatchNode(self._node, batch_size, drop_remainder, collate))
+        return self._then(BatchNode(self._node, batch_size, drop_remainder, collate))
 
     def unbatch(self) -> "Pipeline":
         """Split each batch back into elements.
@@ -177,7 +179,7 @@ class Pipeline:
 
             rows = from_tensors(x).batch(8).unbatch()
         """
-        return self._then(stages.UnbatchNode(self._node))
+        return self._then(UnbatchNode(self._node))
 
     def repeat(self, count: int | None = None) -> "Pipeline":
         """Repeat ``count`` times (forever when None); each pass reshuffles.
@@ -188,7 +190,7 @@ class Pipeline:
         """
         if count is not None and (not isinstance(count, int) or count < 0):
             raise ValueError(f"repeat count must be None or a non-negative int, got {count!r}")
-        return self._then(stages.RepeatNode(self._node, count))
+        return self._then(RepeatNode(self._node, count))
 
     def take(self, count: int) -> "Pipeline":
         """At most the first ``count`` elements; ``take(-1)`` keeps all (as in tf.data).
@@ -197,8 +199,8 @@ class Pipeline:
 
             calibration = pipe.take(100)
         """
-        _check_count("take", count)
-        return self._then(stages.TakeNode(self._node, count))
+        check_count("take", count)
+        return self._then(TakeNode(self._node, count))
 
     def skip(self, count: int) -> "Pipeline":
         """All elements but the first ``count``; ``skip(-1)`` skips all (as in tf.data).
@@ -207,8 +209,8 @@ class Pipeline:
 
             rest = pipe.skip(100)
         """
-        _check_count("skip", count)
-        return self._then(stages.SkipNode(self._node, count))
+        check_count("skip", count)
+        return self._then(SkipNode(self._node, count))
 
     def prefetch(self, buffer_size: int = AUTOTUNE) -> "Pipeline":
         """Produce elements ahead of the consumer in a background thread.
@@ -395,8 +397,3 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return "Pipeline(" + " -> ".join(n.kind for n in self._chain()) + ")"
-
-
-def _check_count(name: str, count: int) -> None:
-    if not isinstance(count, int) or isinstance(count, bool) or count < -1:
-        raise ValueError(f"{name} count must be a non-negative int or -1 (all), got {count!r}")

@@ -9,7 +9,7 @@ hands every rank one slice of each global batch, so ``position`` counts global b
 
 from __future__ import annotations
 
-from . import stages
+from .stages import BatchNode, ShardNode, ShuffleBufferNode
 from .core import Node
 from .mixing import SampleNode
 from .sources import IndexSource
@@ -27,12 +27,12 @@ def position_state(chain: list[Node], epoch: int, position: int) -> dict:
 def global_batch(chain: list[Node]) -> int | None:
     """The size of the last ``batch`` stage before a ``shard(mode="batch")`` split it
     (None when unbatched): the same on every rank and at every number of ranks."""
-    sizes = [n.batch_size for n in chain if isinstance(n, stages.BatchNode)]
+    sizes = [n.batch_size for n in chain if isinstance(n, BatchNode)]
     if not sizes:
         return None
     ranks = 1
     for n in chain:
-        spec = n.spec if isinstance(n, stages.ShardNode) else getattr(n, "shard", None)
+        spec = n.spec if isinstance(n, ShardNode) else getattr(n, "shard", None)
         if spec is not None and spec[2] is not None:  # (num_shards, index, block): batch mode
             ranks = spec[0]
     return sizes[-1] * ranks
@@ -89,7 +89,7 @@ def _with_seeds(node: Node, seeds: list[int]) -> Node:
 def _seed_of(node: Node) -> int | None:
     if isinstance(node, IndexSource):
         return node.shuffle_seed
-    if isinstance(node, stages.ShuffleBufferNode):
+    if isinstance(node, ShuffleBufferNode):
         return node.seed
     return None
 
