@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run benchmarks (and the GPU-only tests) on a GPU machine, each under its own time limit,
 # and pack every table, JSON, plot and log into one archive.
-#   scripts/gpu-benchmarks.sh OUT_DIR TAG [tests] [NAME[:SECONDS][:KEY=VALUE;...]]...
+#   scripts/gpu-benchmarks.sh OUT_DIR TAG [tests[:SECONDS]] [NAME[:SECONDS][:KEY=VALUE;...]]...
 #   e.g. scripts/gpu-benchmarks.sh "$OUT" a tests scaling:330 pipeline:240
 set -uo pipefail
 out=$1 tag=$2; shift 2
@@ -11,9 +11,10 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$work/gpus.csv" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$work/gpus.csv"
 for item in "$@"; do
-  if [ "$item" = tests ]; then
-    echo "=== gpu tests"
-    timeout 240 python3 -m pytest -m gpu -p no:cacheprovider -q tests 2>&1 | tee "$work/gpu-tests.log" | tail -15
+  if [ "${item%%:*}" = tests ]; then
+    limit=${item#tests}; limit=${limit#:}
+    echo "=== gpu tests (limit ${limit:-240}s)"
+    timeout "${limit:-240}" python3 -m pytest -m gpu -p no:cacheprovider -q tests 2>&1 | tee "$work/gpu-tests.log" | tail -15
     continue
   fi
   IFS=: read -r name seconds sets <<<"$item"

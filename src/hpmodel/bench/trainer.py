@@ -238,10 +238,12 @@ def hpmodel_trainer(work: Workload, device: torch.device, data: tuple, compiled:
         if "compile" not in inspect.signature(Trainer).parameters:
             raise Skipped("pending train.compile")  # the Trainer has no compile option yet
         options["compile"] = True
+    # The GPT as a user trains it: task causal-lm (token loss, accuracy and token counts).
+    options.update(task="causal-lm") if work.gpt is not None else options.update(loss_fn=work.loss_fn)
     clock = _SteadyClock(work.warmup, device)
     trainer = Trainer(strategy=get_strategy("one-device", device=str(device)),
                       precision="bf16" if device.type == "cuda" else "fp32", batch_size=work.batch,
-                      loss_fn=work.loss_fn, progress=False, max_steps=work.warmup + work.steps,
+                      progress=False, max_steps=work.warmup + work.steps,
                       callbacks=[clock], seed=0, **options)
     trainer.fit(work.build, lambda parameters: adamw(parameters, work, device), data, epochs=1)
     return clock.seconds

@@ -166,8 +166,18 @@ class TensorSlicer:
         return dict(zip(self.keys, row)) if self.keys is not None else row
 
     def gather(self, index: torch.Tensor) -> Any:
-        """Rows ``index`` of every tensor at once: what collating ``self(i)`` would give."""
-        return self(index)
+        """Rows ``index`` of every tensor at once: what collating ``self(i)`` would give
+        (``index_select``: on the CPU several times faster than ``t[index]``)."""
+        rows = tuple(t.index_select(0, index.to(t.device)) for t in self.tensors)
+        if self.single:
+            return rows[0]
+        return dict(zip(self.keys, rows)) if self.keys is not None else rows
+
+    def place(self, order: torch.Tensor) -> torch.Tensor:
+        """``order`` (an epoch's indices) on the tensors' device when they share one: a host
+        index into CUDA tensors is a blocking copy at every batch, which drains the stream."""
+        devices = {t.device for t in self.tensors}
+        return order.to(devices.pop()) if len(devices) == 1 else order
 
 
 class _Returns:

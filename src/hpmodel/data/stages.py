@@ -95,6 +95,7 @@ class BatchNode(Node):
         reads, stage = source.stage(ctx), self.stage(ctx)  # the gather is the source's read
         size, getter = self.batch_size, source.getter
         order = torch.from_numpy(source.order(ctx)[skip * size:])
+        order = getter.place(order)  # one copy per epoch, not one per batch
         for start in range(0, len(order), size):
             index = order[start:start + size]
             if self.drop_remainder and len(index) < size:

@@ -108,9 +108,16 @@ class Task:
 
 
 def _sums(loss: torch.Tensor, correct, weight, examples: int, device) -> torch.Tensor:
-    values = [loss.detach().double() * weight, torch.as_tensor(correct, device=device),
-              torch.as_tensor(weight, device=device), examples]
-    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    """``(loss × weight, correct, weight, examples)`` as one float64 vector, in few kernels:
+    the device parts in one stack, the host numbers in one small copy."""
+    loss = loss.detach().double()
+    correct = correct.double() if torch.is_tensor(correct) else loss.new_tensor(float(correct))
+    if torch.is_tensor(weight):  # tokens: counted on the device
+        weight = weight.double()
+        return torch.cat([torch.stack([loss * weight, correct, weight]),
+                          loss.new_tensor([float(examples)])])
+    return torch.cat([torch.stack([loss * weight, correct]),
+                      loss.new_tensor([float(weight), float(examples)])])
 
 
 class Classification(Task):

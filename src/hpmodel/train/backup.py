@@ -158,7 +158,8 @@ class BackupAndRestore(Callback):
             tensors += [v for slot in state.optimizer.state.values() for v in slot.values()
                         if torch.is_tensor(v)]
         finite = all_finite(tensors)
-        flag = state.extra.get("finite")  # an on-device loss flag, where the Trainer keeps one
+        flag = state.extra.get("finite")  # the Trainer's on-device loss flag, where it keeps one
+        flag = flag() if callable(flag) else flag
         if torch.is_tensor(flag):
             finite = finite & flag.to(finite.device)
         finite = torch.tensor([int(bool(finite))])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -43,6 +44,8 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavai
 
 ALLOWED_TORCH_NAMES = {"Size", "layout", "memory_format"}
 SKELETON = "state.json"  # the non-tensor leaves of model + optimizer state, as JSON
+LARGE_STATE_BYTES = 256 << 20  # from this size on, DCP writes with WRITER_THREADS threads
+WRITER_THREADS = 4
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -178,8 +181,12 @@ def write_skeleton(folder: str | Path, skeleton: Any) -> None:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], folder: str | Path, process_group=None) -> None:
-    """``dcp.save`` of a flat tensor dict (all ranks call); fsync is left to the manifest writer."""
-    writer = FileSystemWriter(str(folder), sync_files=False)
+    """``dcp.save`` of a flat tensor dict (all ranks call); fsync is left to the manifest writer.
+    A large state is written by several of DCP's writer threads (one file each), so the
+    device→host copies and the writes overlap."""
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    threads = min(WRITER_THREADS, os.cpu_count() or 1) if size >= LARGE_STATE_BYTES else 1
+    writer = FileSystemWriter(str(folder), sync_files=False, thread_count=threads)
     try:
         dcp.save(tensors, storage_writer=writer, process_group=process_group)
     except CheckpointException as error:

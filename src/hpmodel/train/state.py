@@ -14,7 +14,7 @@ class TrainState:
 
     strategy: Any
     model: nn.Module  # as the strategy set it up: what backups and state dicts read
-    forward_model: nn.Module  # what the training steps call: ``model`` or its torch.compile
+    task_step: Any  # ``(model, batch) -> (loss, sums)``: the task's step or its torch.compile
     optimizer: Any
     scheduler: Any
     scaler: Any

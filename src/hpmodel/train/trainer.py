@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from hpmodel.data import Pipeline
@@ -46,6 +47,27 @@ class FitResult:
     summary: dict[str, Any]
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     wrapped_model: nn.Module | None = field(default=None, repr=False)  # as the strategy set it up
+
+
+class RunningSums:
+    """The task's sums of an epoch on the device: ``window`` since the last log, ``totals``
+    before it. A step adds to ``window`` only (one kernel); NaN and inf stay non-finite
+    under addition, so the loss sum says whether any step so far was non-finite."""
+
+    def __init__(self, device: torch.device):
+        self.totals = torch.zeros(SUMS, dtype=torch.float64, device=device)
+        self.window = torch.zeros(SUMS, dtype=torch.float64, device=device)
+
+    def take_window(self) -> torch.Tensor:
+        """The window's sums (a copy); they move into ``totals`` and the window restarts."""
+        window = self.window.clone()
+        self.totals += self.window
+        self.window.zero_()
+        return window
+
+    def finite(self) -> torch.Tensor:
+        """On the device: every step's loss so far this epoch was finite."""
+        return torch.isfinite(self.totals[0] + self.window[0])
 
 
 class Trainer:
@@ -76,7 +98,7 @@ class Trainer:
         self.batch_size = batch_size
         self.loss_fn = loss_fn or nn.functional.cross_entropy  # what a pipeline stage applies
         self.task = get_task(task, loss_fn)  # the batch's meaning, its loss and its metrics
-        self.compile = compile  # torch.compile the set-up model for the training steps
+        self.compile = compile  # torch.compile the training step (model, loss and sums)
         self.log_every_steps = max(1, log_every_steps)
         self.progress = progress
         self.max_steps = max_steps
@@ -98,8 +120,10 @@ class Trainer:
 
     def _fit_entry(self, *args) -> FitResult:
         result = self.fit_in_process(*args)
-        if self.strategy.world_size > 1:  # wrapped models stay in their process
-            result.wrapped_model = None
+        if self.strategy.world_size > 1 or dist.is_initialized():
+            # A launched process's result crosses to the parent: host weights only (a CUDA
+            # or DDP module cannot); ``fit`` rebuilds the model from them.
+            result.wrapped_model = result.model = None
         return result
 
     def fit_in_process(self, model, optimizer, data, epochs: int, val_data=None) -> FitResult:
@@ -176,11 +200,13 @@ class Trainer:
         if self.max_steps:
             total_steps = min(total_steps, self.max_steps)
         scheduler = self.schedule(optimizer, total_steps) if self.schedule else None
-        forward = model
+        task_step = self.task.step
         if self.compile:  # True: inductor; a string names another torch.compile backend
             backend = self.compile if isinstance(self.compile, str) else "inductor"
-            forward = torch.compile(model, backend=backend)
-        return TrainState(strategy=self.strategy, model=model, forward_model=forward,
+            # The whole step — forward, loss and metric sums — is one graph, so the loss and
+            # the argmax fuse with the logits they read (as nanoGPT's forward takes targets).
+            task_step = torch.compile(self.task.step, backend=backend)
+        return TrainState(strategy=self.strategy, model=model, task_step=task_step,
                           optimizer=optimizer,
                           scheduler=scheduler, scaler=grad_scaler(self.precision, self.strategy.device),
                           train_data=train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -212,9 +238,8 @@ class Trainer:
         batches = iter(state.train_data)
         device = state.strategy.device
         # Sums stay on the device so the step never waits for a host copy (see tasks.py).
-        totals = torch.zeros(SUMS, dtype=torch.float64, device=device)
-        window = torch.zeros(SUMS, dtype=torch.float64, device=device)
-        finite = state.extra.setdefault("finite", torch.ones((), dtype=torch.bool, device=device))
+        sums = RunningSums(device)
+        state.extra["finite"] = sums.finite  # what a backup reads before it writes
         window_start = epoch_start = time.perf_counter()
         waited = 0.0  # seconds the loop spent waiting for its next batch
         while not state.stop_training:
@@ -227,22 +252,19 @@ class Trainer:
             if not group:
                 break
             callbacks.call("on_step_begin", state)
-            step_totals = self.train_step(state, group)
-            finite &= torch.isfinite(step_totals[0])  # on the device: read before backups and logs
-            totals += step_totals
-            window += step_totals
+            sums.window += self.train_step(state, group)
             state.global_step += 1
             state.step_in_epoch += 1
             state.last_step_examples = sum(num_examples(b) for b in group) * state.strategy.num_replicas
             logs = {}
             if state.global_step % self.log_every_steps == 0:
-                logs = self.window_logs(state, window, time.perf_counter() - window_start)
-                window.zero_()
+                logs = self.window_logs(state, sums.take_window(), time.perf_counter() - window_start)
                 window_start = time.perf_counter()
             callbacks.call("on_step_end", state, logs)
             if self.max_steps and state.global_step >= self.max_steps:
                 state.stop_training = True
-        epoch = self.task.summarize(self.strategy.reduce(totals, "sum").tolist())
+        sums.take_window()
+        epoch = self.task.summarize(self.strategy.reduce(sums.totals, "sum").tolist())
         self.check_finite(state, epoch["loss"])
         seconds = max(time.perf_counter() - epoch_start, 1e-9)
         wait_fraction = float(self.strategy.reduce(waited / seconds, "max"))
@@ -255,7 +277,7 @@ class Trainer:
     def check_finite(self, state: TrainState, loss: float) -> None:
         """Stop (one line, exit 2) when the loss has been non-finite at any step so far."""
         if math.isfinite(loss) and bool(self.strategy.reduce(
-                state.extra["finite"].double(), "min")):
+                state.extra["finite"]().double(), "min")):
             return
         became = f"{loss} at step" if not math.isfinite(loss) else "non-finite by step"
         raise HpmodelError(f"the training loss became {became} {state.global_step}: lower "
@@ -299,7 +321,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last else state.strategy.no_sync(state.model)
             with sync:
                 with autocast(self.precision, device):
-                    loss, step_sums = self.task.step(state.forward_model, batch)
+                    loss, step_sums = state.task_step(state.model, batch)
                 scaled = loss * (weights[index] / total)
                 if state.scaler is not None:
                     scaled = state.scaler.scale(scaled)
