@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 import hpmodel.data as hd
 from data_helpers import run_epoch
 from hpmodel.data.parallel import Tuner
+from hpmodel.data.workers import ProcessRunner
 
 X = torch.arange(64)
 
@@ -94,3 +96,37 @@ def test_process_workers_draw_different_random_numbers():
                                   use_processes=True, chunk_size=1)
     draws = run_epoch(pipe)
     assert len(set(draws)) == len(draws)
+
+
+
+def _sockets(pid: int) -> set[str]:
+    """The sockets process ``pid`` has open (``socket:[inode]`` links under /proc)."""
+    folder = f"/proc/{pid}/fd"
+    links = set()
+    for name in os.listdir(folder):
+        try:
+            links.add(os.readlink(os.path.join(folder, name)))
+        except OSError:  # closed meanwhile
+            continue
+    return {link for link in links if link.startswith("socket:")}
+
+
+def _double_all(chunk):
+    return [x * 2 for x in chunk]
+
+
+def test_process_worker_pipes_are_anonymous_fifos_and_nothing_listens():
+    """The pickled messages between map workers travel only over anonymous pipes: no
+    socket or named path another process could write into (the trust boundary of the
+    ``pickle.loads`` calls in hpmodel.data.workers)."""
+    before = _sockets(os.getpid())
+    runner = ProcessRunner(_double_all, workers=2)
+    try:
+        assert runner.result(runner.submit([1, 2, 3]))[0] == [2, 4, 6]
+        for connection in runner.tasks + runner.results:
+            assert stat.S_ISFIFO(os.fstat(connection.fileno()).st_mode)
+        assert _sockets(os.getpid()) <= before
+        for proc in runner.procs:  # a forked worker holds only sockets it inherited
+            assert _sockets(proc.pid) <= before
+    finally:
+        runner.close()
