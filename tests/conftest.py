@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from hpmodel.kernel.files import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits.toml"
+
+
+def digits_mlp_toml(width: int = 16, strategy: bool = True, **train) -> str:
+    """A small run config as TOML: digits, an MLP of ``width`` × 1, AdamW at 3e-3, one
+    epoch unless ``train`` says otherwise (its keys go to ``[train]``), one CPU device."""
+    train = {"epochs": 1, **train, "progress": False}
+    lines = ["seed = 0", "[data]", 'name = "digits"', "batch_size = 32", "[model]",
+             'name = "mlp"', f"width = {width}", "depth = 1", "[optimizer]", 'name = "adamw"',
+             "lr = 0.003", "[train]", *(f"{key} = {json.dumps(value)}" for key, value in train.items())]
+    if strategy:
+        lines += ["[strategy]", 'name = "one-device"', 'device = "cpu"']
+    return "\n".join(lines) + "\n"
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The two run directories' ``model.safetensors`` hold the same tensors, bit for bit."""
+    expected, actual = load_weights(run_a / "model.safetensors"), load_weights(run_b / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
 
 
 def hpmodel_env() -> dict[str, str]:

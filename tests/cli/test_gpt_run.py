@@ -9,12 +9,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import torch
 
-from conftest import ROOT, hpmodel_env
+from conftest import ROOT, assert_same_weights, hpmodel_env
 from hpmodel.data import write_text_shards
 from hpmodel.datasets.text import gzip_bits_per_byte
-from hpmodel.kernel.files import load_weights
 
 CONFIG = """
 seed = 0
@@ -79,7 +77,4 @@ def test_gpt_on_text_reports_bits_per_byte_and_resumes_bit_exactly(tmp_path):
     rerun = run(tmp_path, "resumed", backup, "backup.every_steps=3")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resumed from backup" in rerun.stderr
-    expected = load_weights(tmp_path / "reference" / "model.safetensors")
-    actual = load_weights(tmp_path / "resumed" / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert_same_weights(tmp_path / "reference", tmp_path / "resumed")

@@ -11,33 +11,14 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from conftest import ROOT, hpmodel_env
+from conftest import ROOT, digits_mlp_toml, hpmodel_env
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.network import bound_listener, is_loopback, store_server
 from listening_helpers import LOOPBACK, listening, watch
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-PS_CONFIG = """
-seed = 0
-[data]
-name = "digits"
-batch_size = 32
-[model]
-name = "mlp"
-width = 16
-depth = 1
-[optimizer]
-name = "adamw"
-lr = 0.003
-[train]
-epochs = 1
-max_steps = 30
-progress = false
-[strategy]
-name = "one-device"
-device = "cpu"
-"""
+PS_CONFIG = digits_mlp_toml(max_steps=30)
 
 
 def hpmodel(*args: str) -> list[str]:

@@ -20,35 +20,15 @@ from hpmodel.runs.parameter_server import place_variables, plan_steps
 from hpmodel.runs.train import train_from_config
 from hpmodel.kernel.files import load_weights
 
-from conftest import ROOT, hpmodel_env, run_cli
+from conftest import ROOT, digits_mlp_toml, hpmodel_env, run_cli
 
-CONFIG = """
-seed = 0
-[data]
-name = "digits"
-batch_size = 32
-[model]
-name = "mlp"
-width = 64
-depth = 1
-[optimizer]
-name = "adamw"
-lr = 0.003
-[train]
-epochs = {epochs}
-log_every_steps = 10
-progress = false
-[strategy]
-name = "one-device"
-device = "cpu"
-"""
 
 pytestmark = pytest.mark.slow
 
 
 def write_config(tmp_path: Path, epochs: int) -> Path:
     path = tmp_path / f"digits-{epochs}.toml"
-    path.write_text(CONFIG.format(epochs=epochs))
+    path.write_text(digits_mlp_toml(width=64, epochs=epochs, log_every_steps=10))
     return path
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import digits_mlp_toml, run_cli
 from hpmodel.config import OptimizerConfig, load_config
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.parameter_server.config import ParameterServerConfig
@@ -17,23 +17,7 @@ from hpmodel.parameter_server.server import ServerSpec, ShardServer
 from hpmodel.runs.parameter_server import backup_fingerprint
 from hpmodel.train.optim import optimizer_factory
 
-CONFIG = """
-seed = 0
-[data]
-name = "digits"
-batch_size = 32
-[model]
-name = "mlp"
-width = 16
-depth = 1
-[optimizer]
-name = "adamw"
-lr = 0.003
-[train]
-epochs = 1
-max_steps = 12
-progress = false
-"""
+CONFIG = digits_mlp_toml(strategy=False, max_steps=12)
 
 
 def server(backup_dir, fingerprint) -> ShardServer:

@@ -6,10 +6,8 @@ import signal
 import subprocess
 import sys
 
-import torch
 
-from conftest import ROOT, hpmodel_env
-from hpmodel.kernel.files import load_weights
+from conftest import ROOT, assert_same_weights, hpmodel_env
 
 SETS = ["--set", 'model.name="mlp"', "--set", "model.depth=1", "--set", "train.max_steps=6",
         "--set", "train.progress=false"]
@@ -33,6 +31,4 @@ def test_killed_after_the_last_steps_backup_the_rerun_trains_no_further(tmp_path
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resumed from backup" in rerun.stderr
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["steps"] == 6
-    expected = load_weights(tmp_path / "reference" / "model.safetensors")
-    actual = load_weights(tmp_path / "resumed" / "model.safetensors")
-    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert_same_weights(tmp_path / "reference", tmp_path / "resumed")

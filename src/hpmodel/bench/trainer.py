@@ -4,8 +4,8 @@ through the training loops a user would pick instead of hpmodel's, in one run.
 Contenders: plain PyTorch eager, plain PyTorch + ``torch.compile`` (of the forward and
 the loss together), Lightning Fabric (``lightning.fabric.Fabric``), HF Accelerate
 (``accelerate.Accelerator``) — each skipped with a note when its package is missing —
-and hpmodel's :class:`~hpmodel.train.Trainer`, eager and compiled (the compiled row reads
-"pending train.compile" until the Trainer has that option). Data are random tokens (or
+and hpmodel's :class:`~hpmodel.train.Trainer`, eager and compiled (``train.compile``: the
+whole step). Data are random tokens (or
 random features) already on the device; AdamW (fused on CUDA); bf16 autocast on CUDA,
 fp32 on the CPU. The rate is steady state: warm-up steps (compilation included) are not
 timed, and CUDA is synchronised at both ends of the timed steps. ``vs fastest peer`` is a
@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import gc
 import importlib.util
-import inspect
 import math
 import statistics
 import time
@@ -235,11 +234,12 @@ class _SteadyClock(Callback):
 def hpmodel_trainer(work: Workload, device: torch.device, data: tuple, compiled: bool = False) -> float:
     options: dict[str, Any] = {}
     if compiled:
-        if "compile" not in inspect.signature(Trainer).parameters:
-            raise Skipped("pending train.compile")  # the Trainer has no compile option yet
         options["compile"] = True
     # The GPT as a user trains it: task causal-lm (token loss, accuracy and token counts).
-    options.update(task="causal-lm") if work.gpt is not None else options.update(loss_fn=work.loss_fn)
+    if work.gpt is not None:
+        options["task"] = "causal-lm"
+    else:
+        options["loss_fn"] = work.loss_fn
     clock = _SteadyClock(work.warmup, device)
     trainer = Trainer(strategy=get_strategy("one-device", device=str(device)),
                       precision="bf16" if device.type == "cuda" else "fp32", batch_size=work.batch,

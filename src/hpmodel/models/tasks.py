@@ -107,17 +107,17 @@ class Task:
                 "examples": int(examples)}
 
 
-def _sums(loss: torch.Tensor, correct, weight, examples: int, device) -> torch.Tensor:
-    """``(loss × weight, correct, weight, examples)`` as one float64 vector, in few kernels:
-    the device parts in one stack, the host numbers in one small copy."""
+def _sums(loss: torch.Tensor, correct, weight, examples: int) -> torch.Tensor:
+    """``(loss × weight, correct, weight, examples)`` as one float64 vector on the loss's
+    device. Host numbers enter as fill kernels (``full_like``), never as a host→device
+    copy: a copy from pageable memory synchronises the stream, at every micro-batch."""
     loss = loss.detach().double()
-    correct = correct.double() if torch.is_tensor(correct) else loss.new_tensor(float(correct))
-    if torch.is_tensor(weight):  # tokens: counted on the device
-        weight = weight.double()
-        return torch.cat([torch.stack([loss * weight, correct, weight]),
-                          loss.new_tensor([float(examples)])])
-    return torch.cat([torch.stack([loss * weight, correct]),
-                      loss.new_tensor([float(weight), float(examples)])])
+
+    def on_device(value) -> torch.Tensor:
+        return value.double() if torch.is_tensor(value) else torch.full_like(loss, float(value))
+
+    weight = on_device(weight)
+    return torch.stack([loss * weight, on_device(correct), weight, on_device(examples)])
 
 
 class Classification(Task):
@@ -136,7 +136,7 @@ class Classification(Task):
         n = len(y)
         with torch.no_grad():
             correct = (logits.argmax(-1) == y).sum()
-        return loss, _sums(loss, correct, n, n, logits.device)
+        return loss, _sums(loss, correct, n, n)
 
 
 class CausalLM(Task):
@@ -159,14 +159,15 @@ class CausalLM(Task):
     def step(self, model, batch):
         logits, loss = call_model(model, batch)
         labels = targets(batch)
-        tokens = (labels != IGNORE_INDEX).sum()
+        counted = labels != IGNORE_INDEX
+        tokens = counted.sum()
         if loss is None:
             loss_fn = self.loss_fn or nn.functional.cross_entropy
             loss = loss_fn(logits.flatten(0, -2).float(), labels.flatten(),
                            ignore_index=IGNORE_INDEX)
         with torch.no_grad():
-            correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum()
-        return loss, _sums(loss, correct, tokens, num_examples(batch), logits.device)
+            correct = ((logits.argmax(-1) == labels) & counted).sum()
+        return loss, _sums(loss, correct, tokens, num_examples(batch))
 
     def summarize(self, sums):
         loss, correct, tokens, examples = sums
@@ -190,7 +191,7 @@ class Regression(Task):
         if loss is None:
             loss = (self.loss_fn or nn.functional.mse_loss)(out, y)
         n = len(y)
-        return loss, _sums(loss, 0, n, n, out.device)
+        return loss, _sums(loss, 0, n, n)
 
     def summarize(self, sums):
         loss, _, weight, examples = sums

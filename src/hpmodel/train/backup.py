@@ -158,10 +158,9 @@ class BackupAndRestore(Callback):
             tensors += [v for slot in state.optimizer.state.values() for v in slot.values()
                         if torch.is_tensor(v)]
         finite = all_finite(tensors)
-        flag = state.extra.get("finite")  # the Trainer's on-device loss flag, where it keeps one
-        flag = flag() if callable(flag) else flag
-        if torch.is_tensor(flag):
-            finite = finite & flag.to(finite.device)
+        loss_finite = state.extra.get("finite")  # the Trainer's on-device loss flag, if any
+        if loss_finite is not None:
+            finite = finite & loss_finite().to(finite.device)
         finite = torch.tensor([int(bool(finite))])
         if dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=self.group)

@@ -120,9 +120,9 @@ class Trainer:
 
     def _fit_entry(self, *args) -> FitResult:
         result = self.fit_in_process(*args)
-        if self.strategy.world_size > 1 or dist.is_initialized():
-            # A launched process's result crosses to the parent: host weights only (a CUDA
-            # or DDP module cannot); ``fit`` rebuilds the model from them.
+        if dist.is_initialized():
+            # Under a process-group strategy the result may cross to a parent process:
+            # host weights only (a CUDA or DDP module cannot); ``fit`` rebuilds the model.
             result.wrapped_model = result.model = None
         return result
 
@@ -275,12 +275,12 @@ class Trainer:
                                          "tokens_per_second": epoch["tokens"] / seconds}
 
     def check_finite(self, state: TrainState, loss: float) -> None:
-        """Stop (one line, exit 2) when the loss has been non-finite at any step so far."""
-        if math.isfinite(loss) and bool(self.strategy.reduce(
-                state.extra["finite"]().double(), "min")):
+        """Stop (one line, exit 2) when ``loss`` — the mean of a log window's or an epoch's
+        summed, replica-reduced losses — is non-finite: NaN and inf survive the sums, so a
+        finite mean means every step it covers was finite."""
+        if math.isfinite(loss):
             return
-        became = f"{loss} at step" if not math.isfinite(loss) else "non-finite by step"
-        raise HpmodelError(f"the training loss became {became} {state.global_step}: lower "
+        raise HpmodelError(f"the training loss became {loss} at step {state.global_step}: lower "
                            "optimizer.lr, enable train.clip_grad_norm, or use precision "
                            "bf16/fp32 (no backup of this state was written)")
 
