@@ -89,7 +89,7 @@ class TrainConfig:
     progress: bool = True  # a progress bar on a terminal, a plain line every 10 s otherwise
     hold_global_batch: bool = False  # true: data.batch_size is the global batch, split over replicas
     task: str = "classification"  # classification | causal-lm | regression: the loss and the metrics
-    compile: bool = False  # torch.compile the model for the training steps
+    compile: bool = False  # torch.compile the whole step: forward, loss, sums (a backend name: Trainer only)
 
 
 @dataclass
