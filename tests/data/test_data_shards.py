@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import hpmodel.data as hd
+from hpmodel.data.record_table import RecordTable
 from data_helpers import plain, run_epoch
 
 N = 53
@@ -132,6 +133,17 @@ def test_corrupt_record_names_shard_and_offset(mem_shards):
     got = labels(pipe)
     assert sorted(got) == [v for v in range(N) if v != 21]
     assert pipe.stats()["skipped_records"] == 1
+
+
+def test_record_table_reads_each_record_in_one_read_and_checks_it(mem_shards):
+    root, paths = mem_shards
+    table = RecordTable(paths)
+    assert len(table) == N and [int(table[i][1]) for i in range(N)] == list(range(N))
+    assert all(b.dtype == np.uint64 for b in table.bounds)  # 8 bytes a record
+    assert torch.equal(table[N - 1][0], torch.full((3,), N - 1.0))  # the last: ends at the marker
+    offset = _corrupt(paths[6], 4)  # the last record of the last shard
+    with pytest.raises(hd.CorruptRecordError, match=f"train-00006.shard' at byte offset {offset}"):
+        RecordTable(paths)[N - 1]
 
 
 def test_truncated_and_foreign_files(tmp_path):

@@ -13,7 +13,7 @@ import tracemalloc
 import pytest
 import torch
 
-from hpmodel.data import ShardWriter, read_shard, read_tar
+from hpmodel.data import ShardWriter, from_shards, read_shard, read_tar
 from hpmodel.data.core import CorruptRecordError
 from hpmodel.data.records import TENSOR, RecordShapeError, decode_element, encode_element
 
@@ -101,6 +101,21 @@ def test_members_within_the_cap_still_read(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     samples = list(read_tar(str(path), max_member_bytes=1000))
     assert [s["__key__"] for s in samples] == ["a", "b"] and samples[1]["bin"] == b"y" * 1000
+
+
+def test_from_shards_passes_max_member_bytes_to_the_tar_reader(tmp_path):
+    path = tmp_path / "big.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("000000.bin")
+        info.size = 4000
+        tar.addfile(info, io.BytesIO(b"z" * info.size))
+    with pytest.raises(CorruptRecordError, match=r"'000000\.bin' decompresses to 4000 bytes, "
+                                                 r"more than the 1000-byte cap"):
+        list(from_shards(str(path), max_member_bytes=1000))
+    with pytest.raises(CorruptRecordError, match="1000-byte cap"):  # kept by interleave()
+        list(from_shards(str(path), max_member_bytes=1000).interleave(cycle_length=2,
+                                                                      num_parallel_calls=2))
+    assert [s["bin"] for s in from_shards(str(path))] == [b"z" * 4000]
 
 
 def forged_tensor(shape: tuple, nbytes: int, data: bytes = b"", code: int = 0) -> bytes:

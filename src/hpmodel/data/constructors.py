@@ -20,6 +20,7 @@ from .interleave import InterleaveNode, list_shards
 from .mixing import SampleNode, check_weights
 from .pipeline import Pipeline
 from .shards import count_records, fetch_blocks, is_tar, parse_blocks
+from .tar_stream import MAX_MEMBER_BYTES
 from .sources import IndexSource, IterableSource, TensorSlicer, _as_tensor, _Returns
 
 
@@ -80,11 +81,11 @@ def from_dataset(dataset: Any) -> Pipeline:
 class _ShardFinisher:
     """Consumer-side half of shard reading: parse fetched blocks into elements."""
 
-    def __init__(self, ignore_errors: bool):
-        self.ignore_errors = ignore_errors
+    def __init__(self, ignore_errors: bool, max_member_bytes: int = MAX_MEMBER_BYTES):
+        self.ignore_errors, self.max_member_bytes = ignore_errors, max_member_bytes
 
     def __call__(self, url: str, raw: Iterable, start: int, on_skip) -> Iterator:
-        return parse_blocks(raw, url, self.ignore_errors, on_skip, start)
+        return parse_blocks(raw, url, self.ignore_errors, on_skip, start, self.max_member_bytes)
 
 
 def _shard_size(url: str) -> int | None:
@@ -92,14 +93,15 @@ def _shard_size(url: str) -> int | None:
 
 
 def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool = False,
-                seed: int | None = None):
+                seed: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES):
     """Records of shards (hpmodel ``.shard`` or WebDataset ``.tar``), read through fsspec.
 
     ``source`` is a glob, a directory, a list, or an fsspec URL (``s3://b/train-*.shard``).
     Shards are read one after another; chain ``.interleave(cycle_length=...,
     num_parallel_calls=AUTOTUNE)`` to read several at once. ``shuffle_shards`` visits
     the files in a seeded order per epoch. With ``ignore_errors`` corrupt records are
-    skipped and counted in ``stats()["skipped_records"]``.
+    skipped and counted in ``stats()["skipped_records"]``. No member of a ``.tar`` shard
+    may decompress to more than ``max_member_bytes`` (1 GiB unless told).
 
     Example::
 
@@ -113,7 +115,8 @@ def from_shards(source: Any, ignore_errors: bool = False, shuffle_shards: bool =
         files.shuffle_seed = random_seed() if seed is None else int(seed)
     node = InterleaveNode(files, None, cycle_length=1, block_length=1,
                           num_parallel_calls=None, deterministic=True, opener=fetch_blocks,
-                          finisher=_ShardFinisher(ignore_errors), sizer=_shard_size)
+                          finisher=_ShardFinisher(ignore_errors, max_member_bytes),
+                          sizer=_shard_size)
     return Pipeline(node)
 
 

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import replace
 from typing import Iterator
 
@@ -30,26 +31,34 @@ _END = object()
 
 
 class _Chooser:
-    """Seeded weighted draws among the inputs still live (uniforms drawn in blocks)."""
+    """Seeded weighted draws among the inputs still live (uniforms drawn in blocks).
+
+    The cumulative weights of the live inputs change only when one is exhausted, so they
+    are computed then (with numpy, as floats) and each draw is one ``bisect``.
+    """
 
     def __init__(self, weights: np.ndarray, seed: int, keys: tuple):
         self.weights = weights.astype(np.float64)
         self.live = self.weights > 0
         self.rng = seeded_rng(seed, *keys)
         self.draws: Iterator = iter(())
+        self._cumulate()
+
+    def _cumulate(self) -> None:
+        self.cum = np.cumsum(np.where(self.live, self.weights, 0.0)).tolist()
+        self.total, self.last = self.cum[-1], len(self.cum) - 1
 
     def next(self) -> int:
         u = next(self.draws, None)
         if u is None:
             self.draws = iter(self.rng.random(1024).tolist())
             u = next(self.draws)
-        w = np.where(self.live, self.weights, 0.0)
-        cum = np.cumsum(w)
-        return int(min(np.searchsorted(cum, u * cum[-1], side="right"), len(w) - 1))
+        return min(bisect.bisect_right(self.cum, u * self.total), self.last)
 
     def exhausted(self, i: int) -> bool:
         """Mark input ``i`` exhausted; True when no input is left."""
         self.live[i] = False
+        self._cumulate()
         return not self.live.any()
 
 

@@ -1,8 +1,9 @@
 """Random access to the records of ``.shard`` files, by global record number.
 
 Each shard's index (its tail: one byte offset per record) is read once; a record is
-then one ranged read of its header and payload, checked against its CRC and decoded.
-Memory holds only the offsets (8 bytes a record), never the data, so a map-style
+then one ranged read of its header and payload (its length is the gap to the next
+offset), checked against its CRC and decoded. Memory holds only the offsets (a uint64
+array: 8 bytes a record), never the data, so a map-style
 pipeline over shards far larger than RAM is as cheap to shuffle and to resume as one
 over tensors: a seeded permutation of record numbers, and skipping is free. File
 handles are opened lazily through ``fsspec`` and kept per thread.
@@ -21,7 +22,7 @@ import zlib
 from typing import Any
 
 from .core import CorruptRecordError
-from .shards import HEADER, _decode, open_url, read_index
+from .shards import HEADER, _decode, open_url, read_bounds
 
 
 class RecordTable:
@@ -35,10 +36,10 @@ class RecordTable:
 
     def __init__(self, urls: list[str]):
         self.urls = list(urls)
-        self.offsets = [read_index(url) for url in self.urls]
+        self.bounds = [read_bounds(url) for url in self.urls]  # offsets, then the end
         self.starts = [0]
-        for offsets in self.offsets:
-            self.starts.append(self.starts[-1] + len(offsets))
+        for bounds in self.bounds:
+            self.starts.append(self.starts[-1] + len(bounds) - 1)
         self._local = threading.local()
 
     def __len__(self) -> int:
@@ -48,17 +49,21 @@ class RecordTable:
         if not 0 <= i < len(self):
             raise IndexError(f"record {i} is outside [0, {len(self)})")
         shard = bisect.bisect_right(self.starts, i) - 1
-        url, offset = self.urls[shard], self.offsets[shard][i - self.starts[shard]]
-        handle = self._handle(shard)
-        handle.seek(offset)
-        head = handle.read(HEADER.size)
-        length, crc = HEADER.unpack(head) if len(head) == HEADER.size else (0, 0)
-        payload = handle.read(length)
-        if len(head) < HEADER.size or len(payload) < length or zlib.crc32(payload) != crc:
+        j = i - self.starts[shard]
+        url, bounds = self.urls[shard], self.bounds[shard]
+        offset, size = int(bounds[j]), int(bounds[j + 1]) - int(bounds[j])
+        raw = b""
+        if size >= HEADER.size:  # a forged index could say less (or go backwards)
+            handle = self._handle(shard)
+            handle.seek(offset)
+            raw = handle.read(size)
+        length, crc = HEADER.unpack_from(raw) if len(raw) == size >= HEADER.size else (-1, 0)
+        payload = memoryview(raw)[HEADER.size:]
+        if length != size - HEADER.size or zlib.crc32(payload) != crc:
             raise CorruptRecordError(f"corrupt record in shard '{url}' at byte offset {offset}: "
                                      "checksum mismatch or cut-off record; rewrite the shard "
                                      "with 'hpmodel data write'")
-        return _decode(payload, url, offset)
+        return _decode(bytearray(payload), url, offset)  # writable: tensors share it
 
     def _handle(self, shard: int):
         handles = self._local.__dict__.setdefault("handles", {})

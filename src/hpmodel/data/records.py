@@ -25,7 +25,7 @@ _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.in
 _DTYPE_CODE = {d: i for i, d in enumerate(_DTYPES)}
 _NUMPY = {d: np.dtype(str(d).replace("torch.", "")) for d in _DTYPES
           if d not in (torch.bfloat16,)}
-_ITEMSIZE = [torch.empty(0, dtype=d).element_size() for d in _DTYPES]
+_ITEMSIZE = [d.itemsize for d in _DTYPES]
 # One-byte tags of the value kinds.
 TENSOR, BYTES, STR, INT, FLOAT, NONE, TUPLE, LIST, DICT, BOOL = range(10)
 

@@ -25,10 +25,11 @@ import zlib
 from typing import Any, Iterator
 
 import fsspec
+import numpy as np
 
 from .core import CorruptRecordError
 from .records import RecordShapeError, decode_element, encode_element
-from .tar_stream import MAX_MEMBER_BYTES, CappedTarStream, TarMemberTooLargeError, parse_tar
+from .tar_stream import MAX_MEMBER_BYTES, BlockReader, CappedTarStream, parse_tar
 
 MAGIC = b"HPSHARD1"
 INDEX_MAGIC = b"HPINDEX1"
@@ -129,6 +130,18 @@ def read_index(url: str) -> list[int]:
 
         n_records = len(read_index("data/train-00000.shard"))
     """
+    return read_bounds(url)[:-1].tolist()
+
+
+def read_bounds(url: str) -> np.ndarray:
+    """The record offsets of a ``.shard`` file and, last, the offset where its records end
+    (its end-of-records marker), as one uint64 array: record ``i`` spans
+    ``bounds[i]:bounds[i + 1]``, header included. Reads only the file's tail.
+
+    Example::
+
+        bounds = read_bounds("data/train-00000.shard"); int(bounds[1] - bounds[0])
+    """
     with open_url(url) as f:
         size = f.seek(0, 2)
         if size < len(MAGIC) + TRAILER.size:
@@ -137,7 +150,7 @@ def read_index(url: str) -> list[int]:
         f.seek(size - TRAILER.size)
         count, crc, magic = TRAILER.unpack(f.read(TRAILER.size))
         start = size - TRAILER.size - 8 * count
-        if magic != INDEX_MAGIC or start < len(MAGIC):
+        if magic != INDEX_MAGIC or start < len(MAGIC) + 4:
             raise CorruptRecordError(f"shard '{url}' has no valid index at byte offset "
                                      f"{size - TRAILER.size}: rewrite it with 'hpmodel data write'")
         f.seek(start)
@@ -145,7 +158,10 @@ def read_index(url: str) -> list[int]:
     if zlib.crc32(raw) != crc:
         raise CorruptRecordError(f"index of shard '{url}' at byte offset {start} fails its "
                                  "checksum: rewrite the shard with 'hpmodel data write'")
-    return list(struct.unpack(f"<{count}Q", raw))
+    bounds = np.empty(count + 1, dtype=np.uint64)
+    bounds[:-1] = np.frombuffer(raw, dtype="<u8")
+    bounds[-1] = start - 4  # the u32 end-of-records marker sits right before the index
+    return bounds
 
 
 def count_records(url: str) -> int | None:
@@ -194,33 +210,6 @@ def fetch_blocks(url: str, start: int = 0) -> Iterator[bytes]:
             if not block:
                 return
             yield block
-
-
-class BlockReader:
-    """A minimal read-only file over an iterator of byte blocks (for the parsers).
-
-    Example::
-
-        BlockReader(iter([b"ab", b"cd"])).read(3)  # b'abc'
-    """
-
-    def __init__(self, blocks: Iterator[bytes]):
-        self.blocks, self.buf, self.pos = blocks, b"", 0
-
-    def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (all remaining when n < 0); fewer only at the end."""
-        out = []
-        while n != 0:
-            if self.pos >= len(self.buf):
-                self.buf, self.pos = next(self.blocks, b""), 0
-                if not self.buf:
-                    break
-            chunk = self.buf[self.pos:] if n < 0 else self.buf[self.pos:self.pos + n]
-            self.pos += len(chunk)
-            out.append(chunk)
-            if n > 0:
-                n -= len(chunk)
-        return out[0] if len(out) == 1 else b"".join(out)
 
 
 def parse_blocks(blocks: Iterator[bytes], url: str, ignore_errors: bool = False,

@@ -33,6 +33,33 @@ class TarMemberTooLargeError(CorruptRecordError):
     """A tar member (or its headers) decompresses to more than the cap; names shard and member."""
 
 
+class BlockReader:
+    """A minimal read-only file over an iterator of byte blocks (for the parsers).
+
+    Example::
+
+        BlockReader(iter([b"ab", b"cd"])).read(3)  # b'abc'
+    """
+
+    def __init__(self, blocks: Iterator[bytes]):
+        self.blocks, self.buf, self.pos = blocks, b"", 0
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all remaining when n < 0); fewer only at the end."""
+        out = []
+        while n != 0:
+            if self.pos >= len(self.buf):
+                self.buf, self.pos = next(self.blocks, b""), 0
+                if not self.buf:
+                    break
+            chunk = self.buf[self.pos:] if n < 0 else self.buf[self.pos:self.pos + n]
+            self.pos += len(chunk)
+            out.append(chunk)
+            if n > 0:
+                n -= len(chunk)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
 class CappedTarStream:
     """The (gunzipped) bytes of a tar shard for ``tarfile``'s stream mode, at most
     ``limit`` bytes per member: decompression runs here in bounded steps

@@ -226,11 +226,12 @@ def split_by_file(files: list[str], val_fraction: float, seed: int = 0) -> tuple
     order = sorted(files)
     random.Random(seed).shuffle(order)
     sizes = {f: max(os.path.getsize(f), 1) for f in order}
-    target, val = val_fraction * sum(sizes.values()), []
+    target, val, held = val_fraction * sum(sizes.values()), [], 0
     for name in order[:-1]:  # the last one always trains
-        if sum(sizes[v] for v in val) >= target:
+        if held >= target:
             break
         val.append(name)
+        held += sizes[name]
     return sorted(set(files) - set(val)), sorted(val)
 
 
@@ -254,7 +255,7 @@ def text_windows(stream: np.ndarray, seq_len: int, dtype: torch.dtype = torch.ui
 
         next(text_windows(np.frombuffer(b"hello world", np.uint8), 4))["labels"]  # b"ello"
     """
-    tokens = torch.from_numpy(stream.copy()).to(dtype)
+    tokens = torch.tensor(stream, dtype=dtype)  # one copy, converted as it is made
     for start in range(0, (len(tokens) - 1) // seq_len * seq_len, seq_len):
         window = tokens[start:start + seq_len + 1]
         inputs, labels = window[:-1].clone(), window[1:].clone()
