@@ -24,9 +24,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, get_worker_info
 
 import hpmodel.data as hd
-
-clock = time.perf_counter
-BATCH = 32
+from ._input_tf import BATCH, clock
 
 
 def epoch_rate(make_iter: Callable, n: int) -> float:

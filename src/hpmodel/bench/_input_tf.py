@@ -1,8 +1,9 @@
 """The tf.data side of ``hpmodel bench input``: the same cases, written as a tf.data user would.
 
 Standalone on purpose (stdlib + numpy; ``tensorflow`` imported lazily): it runs either
-in-process, or as ``TF_PYTHON -m``-less script ``python _input_tf.py`` in a separate
-interpreter whose venv has tensorflow-cpu (the project's venv never gets tensorflow).
+in-process, or as a plain script (``TF_PYTHON path/to/_input_tf.py``, not ``-m``) in a
+separate interpreter whose venv has tensorflow-cpu (the project's venv never gets
+tensorflow).
 In that mode it is a JSON-lines server: one request per line on stdin (``{"case": ...,
 **params}``), one reply per line on stdout (``{"rate": elements_per_second}``), so the
 bench can alternate tf.data with hpmodel and DataLoader repeat by repeat.
@@ -65,35 +66,34 @@ def _tensors(n: int, width: int):
     return rng.standard_normal((n, width), dtype=np.float32), np.arange(n, dtype=np.int64)
 
 
-def case_python_map(n: int, loops: int) -> float:
-    """tf.numpy_function around the Python loop, num_parallel_calls=AUTOTUNE."""
+def _mapped_rate(n: int, fn) -> float:
+    """tf.numpy_function around ``fn(x, y)`` per element, num_parallel_calls=AUTOTUNE."""
     tf = _tf()
     x, y = _tensors(n, 64)
+    ds = (tf.data.Dataset.from_tensor_slices((x, y))
+          .map(lambda a, b: tf.numpy_function(fn, [a, b], (tf.float32, tf.int64)),
+               num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(BATCH).prefetch(tf.data.AUTOTUNE))
+    return _rate(ds, n)
+
+
+def case_python_map(n: int, loops: int) -> float:
+    """tf.numpy_function around the Python loop, num_parallel_calls=AUTOTUNE."""
 
     def fn(xe, ye):
         spin(loops)
         return xe * np.float32(2.0), ye
 
-    ds = (tf.data.Dataset.from_tensor_slices((x, y))
-          .map(lambda a, b: tf.numpy_function(fn, [a, b], (tf.float32, tf.int64)),
-               num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(BATCH).prefetch(tf.data.AUTOTUNE))
-    return _rate(ds, n)
+    return _mapped_rate(n, fn)
 
 
 def case_numpy_map(n: int, size: int) -> float:
     """tf.numpy_function around GIL-releasing numpy ufuncs, AUTOTUNE."""
-    tf = _tf()
-    x, y = _tensors(n, 64)
 
     def fn(xe, ye):
         return numpy_work(xe, size), ye
 
-    ds = (tf.data.Dataset.from_tensor_slices((x, y))
-          .map(lambda a, b: tf.numpy_function(fn, [a, b], (tf.float32, tf.int64)),
-               num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(BATCH).prefetch(tf.data.AUTOTUNE))
-    return _rate(ds, n)
+    return _mapped_rate(n, fn)
 
 
 _FILES: dict = {}
@@ -185,10 +185,6 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
             print(json.dumps(run_case(json.loads(line))), file=stdout, flush=True)
 
 
-if __name__ == "__main__":
-    serve()
-
-
 class TFContender:
     """tf.data as a bench contender: in-process, or a ``tf_python`` subprocess server.
 
@@ -250,3 +246,7 @@ class TFContender:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
             self.proc = None
+
+
+if __name__ == "__main__":
+    serve()

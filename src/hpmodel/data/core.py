@@ -211,6 +211,20 @@ class Node:
         return ctx.stats.stage(self.key, self.kind)
 
 
+def chain_of(node: Node | None) -> list[Node]:
+    """The nodes from the source up to ``node`` (root first), following ``upstream``.
+
+    Example::
+
+        [n.kind for n in chain_of(pipe._node)]  # e.g. ['source', 'map', 'batch']
+    """
+    chain = []
+    while node is not None:
+        chain.append(node)
+        node = node.upstream
+    return chain[::-1]
+
+
 def drain(iterator: Iterator, skip: int) -> Iterator:
     """Drop the first ``skip`` elements of ``iterator`` (the replay path of a resume).
 

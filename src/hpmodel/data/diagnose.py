@@ -37,7 +37,7 @@ def _advice(slowest: dict, util: float, bound: float) -> str:
                 "GIL-bound Python, use_processes=True")
     if kind == "interleave":
         return "reading waits on I/O: raise cycle_length or num_parallel_calls=AUTOTUNE"
-    if kind in ("source", "tensors", "dataset", "filter", "batch"):
+    if kind in ("source", "filter", "batch"):
         return (f"the {kind} stage runs on the consumer thread: add .prefetch(AUTOTUNE) "
                 "after it or move work into a parallel map")
     return "add .prefetch(AUTOTUNE) at the end so the consumer never waits on a stage"

@@ -18,7 +18,8 @@ import torch
 from .map_stage import MapNode
 from .stages import (BatchNode, FilterNode, RepeatNode, ShuffleBufferNode, SkipNode, TakeNode,
                      UnbatchNode)
-from .core import AUTOTUNE, Context, Node, Stats, check_count, check_positive, random_seed
+from .core import (AUTOTUNE, Context, Node, Stats, chain_of, check_count, check_positive,
+                   random_seed)
 from .cache import FileCacheNode, MemoryCacheNode
 from .position import position_state, rebuild, restored_chain
 from .prefetch import DeviceNode, PrefetchNode
@@ -55,11 +56,7 @@ class Pipeline:
 
     # --- building ------------------------------------------------------------------
     def _chain(self) -> list[Node]:
-        chain, node = [], self._node
-        while node is not None:
-            chain.append(node)
-            node = node.upstream
-        return chain[::-1]
+        return chain_of(self._node)
 
     def _then(self, node: Node) -> "Pipeline":
         return Pipeline(node, self._cpu_budget)

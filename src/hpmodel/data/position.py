@@ -10,7 +10,7 @@ hands every rank one slice of each global batch, so ``position`` counts global b
 from __future__ import annotations
 
 from .stages import BatchNode, ShardNode, ShuffleBufferNode
-from .core import Node
+from .core import Node, chain_of
 from .mixing import SampleNode
 from .sources import IndexSource
 
@@ -53,18 +53,10 @@ def restored_chain(chain: list[Node], state: dict) -> Node:
     return rebuild(new)
 
 
-def _chain_of(node: Node) -> list[Node]:
-    chain = []
-    while node is not None:
-        chain.append(node)
-        node = node.upstream
-    return chain[::-1]
-
-
 def _seeds_of(node: Node) -> list[int]:
     """The seeds that define ``node``'s order: its own, and those of a mix's inputs."""
     if isinstance(node, SampleNode):
-        return [node.seed] + [s for tip in node.inputs for n in _chain_of(tip)
+        return [node.seed] + [s for tip in node.inputs for n in chain_of(tip)
                               for s in _seeds_of(n)]
     seed = _seed_of(node)
     return [] if seed is None else [seed]
@@ -77,7 +69,7 @@ def _with_seeds(node: Node, seeds: list[int]) -> Node:
         new.seed = seeds.pop(0)
         inputs = []
         for tip in node.inputs:
-            chain = _chain_of(tip)
+            chain = chain_of(tip)
             inputs.append(rebuild([_with_seeds(n, seeds) if _seeds_of(n) else n
                                    for n in chain]))
         new.inputs = inputs

@@ -25,6 +25,7 @@ import torch
 
 from hpmodel.data import Pipeline, from_dataset, from_tensors, list_shards
 from hpmodel.data.record_table import RecordTable, Subset
+from hpmodel.data.shards import is_tar
 from hpmodel.datasets.sources import load_arrays, split_train_val, test_indices, val_indices
 from hpmodel.kernel.errors import ConfigError
 
@@ -164,7 +165,7 @@ def _table(source: str, key: str) -> RecordTable:
         urls = list_shards(source)
     except FileNotFoundError as error:
         raise ConfigError(f"{key}: {error}") from None
-    if any(url.endswith((".tar", ".tar.gz", ".tgz")) for url in urls):
+    if any(is_tar(url) for url in urls):
         raise ConfigError(f"{key} '{source}' names tar shards, which have no record index: "
                           "write .shard files with 'hpmodel data write' for hpmodel train")
     table = RecordTable(urls)

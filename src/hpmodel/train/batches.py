@@ -46,12 +46,10 @@ def as_pipeline(data: Any) -> Pipeline:
         return data
     if isinstance(data, Split):
         return data.elements()
-    if torch.is_tensor(data):
+    values = data.values() if isinstance(data, dict) else data
+    if torch.is_tensor(data) or (isinstance(data, (dict, tuple, list)) and data
+                                 and all(torch.is_tensor(t) for t in values)):
         return from_tensors(data)
-    if isinstance(data, dict) and data and all(torch.is_tensor(t) for t in data.values()):
-        return from_tensors(data)
-    if isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
-        return from_tensors(tuple(data))
     if isinstance(data, DataLoader):
         raise HpmodelError("a torch DataLoader brings its own batching and sampler, which "
                            "would break per-rank sharding and exact resume: pass its dataset "
