@@ -126,9 +126,7 @@ class Timed(Callback):
 
     def on_train_end(self, state) -> None:
         start = time.perf_counter()
-        wait = getattr(self.inner, "wait", None) or getattr(self.inner, "drain", None)
-        if wait is not None:
-            wait()
+        self.inner.on_train_end(state)  # waits for the last write, closes stagers
         self.drain_s = time.perf_counter() - start
 
 
@@ -204,8 +202,8 @@ def run_bench(out_dir: Path, quick: bool = False, width: int = 0, depth: int = 0
     for _ in range(max(1, rounds)):  # interleaved rounds; the fastest is the least disturbed
         for mode in MODES:
             row = measure(mode, width, depth, steps, every_steps, batch_size, root / mode.replace(".", "-"))
-            if mode not in best or row["blocking_s_per_backup"] + row["step_ms"] < (
-                    best[mode]["blocking_s_per_backup"] + best[mode]["step_ms"]):
+            # The mean step time includes the blocking: one quantity, one unit.
+            if mode not in best or row["step_ms"] < best[mode]["step_ms"]:
                 best[mode] = row
     rows = [best[mode] for mode in MODES]
     peer = best["dcp.async_save"]["blocking_s_per_backup"]

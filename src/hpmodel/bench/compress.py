@@ -51,6 +51,7 @@ from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights
 from hpmodel.kernel.schema import to_toml
 from hpmodel.kernel.timing import timed
 from hpmodel.models import build_model, count_parameters
+from hpmodel.reporting.document import markdown_table
 from hpmodel.strategies import get_strategy
 from hpmodel.train.optim import optimizer_factory, schedule_factory
 from hpmodel.train.trainer import Trainer
@@ -320,7 +321,7 @@ def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int
                            plot=lambda ax: _plot(ax, rows),
                            extra={"details": rows, "skipped": skipped, "threads": threads,
                                   "quick": quick})
-    _write_markdown(out_dir, rows, skipped)
+    _write_cases(out_dir, rows, skipped)
     return result
 
 
@@ -373,24 +374,16 @@ def _plot(axes, rows) -> None:
     axes.tick_params(axis="y", labelsize=7)
 
 
-def _write_markdown(out_dir: Path, rows, skipped) -> None:
-    lines = ["# hpmodel bench compress", ""]
+def _write_cases(out_dir: Path, rows, skipped) -> None:
+    """``cases.md``: one table per case with every detail column (``report.md``, written
+    by the bench runner, has the headline rows only)."""
+    lines = ["# hpmodel bench compress: every case", ""]
     for case in dict.fromkeys(r["case"] for r in rows):
-        chosen = [r for r in rows if r["case"] == case]
-        columns = [c for c in dict.fromkeys(k for r in chosen for k in r) if c != "case"]
-        lines += [f"## {case}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        for r in chosen:
-            lines.append("| " + " | ".join(_cell(r.get(c)) for c in columns) + " |")
-        lines.append("")
+        chosen = [{k: v for k, v in r.items() if k != "case"} for r in rows if r["case"] == case]
+        lines += [f"## {case}", "", *markdown_table(chosen), ""]
     lines += [f"- skipped {case}: {why}" for case, why in skipped.items()]
     lines += ["", "![speedups](compress.png)", ""]
-    atomic_write_bytes(Path(out_dir) / "report.md", "\n".join(lines).encode())
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
-    return "–" if value is None else (f"{value:,}" if isinstance(value, int) else str(value))
+    atomic_write_bytes(Path(out_dir) / "cases.md", "\n".join(lines).encode())
 
 
 __all__ = ["add_outliers", "relu_mlp", "run_bench"]

@@ -163,14 +163,23 @@ def _plain(work: Workload, device: torch.device, data: tuple, compiled: bool) ->
     # The loss inside the compiled graph, as nanoGPT does (its forward takes the targets).
     forward_loss = torch.compile(forward_loss) if compiled else forward_loss
 
-    def step(x, y):
+    def loss(x, y):
         with autocast(device):
-            loss = forward_loss(x, y)
-        loss.backward()
+            return forward_loss(x, y)
+
+    return timed_steps(optimizer_steps(loss, lambda value: value.backward(), optimizer), data, work,
+                       device)
+
+
+def optimizer_steps(loss: Callable, backward: Callable, optimizer) -> Callable:
+    """One training step of a contender: its loss, its backward, the optimizer step."""
+
+    def step(x, y):
+        backward(loss(x, y))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return timed_steps(step, data, work, device)
+    return step
 
 
 def lightning_fabric(work: Workload, device: torch.device, data: tuple) -> float:
@@ -183,12 +192,8 @@ def lightning_fabric(work: Workload, device: torch.device, data: tuple) -> float
     model = work.build().to(device)
     model, optimizer = fabric.setup(model, adamw(model.parameters(), work, device))
 
-    def step(x, y):
-        loss = work.loss_fn(model(x), y)  # Fabric's module wrapper applies the autocast
-        fabric.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    # Fabric's module wrapper applies the autocast.
+    step = optimizer_steps(lambda x, y: work.loss_fn(model(x), y), fabric.backward, optimizer)
     return timed_steps(step, data, work, device)
 
 
@@ -202,12 +207,8 @@ def hf_accelerate(work: Workload, device: torch.device, data: tuple) -> float:
     model = work.build().to(device)
     model, optimizer = accelerator.prepare(model, adamw(model.parameters(), work, device))
 
-    def step(x, y):
-        loss = work.loss_fn(model(x), y)  # prepare() wrapped forward in autocast
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    # prepare() wrapped forward in autocast.
+    step = optimizer_steps(lambda x, y: work.loss_fn(model(x), y), accelerator.backward, optimizer)
     return timed_steps(step, data, work, device)
 
 
@@ -273,9 +274,9 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
             raise HpmodelError(f"{key} {unknown} unknown here ({device.type}): choose from {', '.join(known)}")
     repeats = repeats or (1 if quick or device.type == "cuda" else 5)
     peak = peak_tflops or device_peak_tflops(device)
-    rows, errors, used_threads = [], {}, torch.get_num_threads()
+    rows, errors = [], {}
     workloads = [_sized(catalogue[name], quick, steps, warmup, batch) for name in models]
-    previous = torch.get_num_threads()
+    previous = used_threads = torch.get_num_threads()
     try:
         if device.type == "cpu" and threads:
             # One intra-op thread by default: on a shared CPU, OpenMP's spinning threads turn

@@ -38,7 +38,7 @@ from torch import nn
 from hpmodel.compress.distill import check_weights, freeze
 from hpmodel.compress.student import blocks_of, every_other
 from hpmodel.kernel.errors import ConfigError, HpmodelError
-from hpmodel.models.gpt import CausalLMOutput
+from hpmodel.models.gpt import CausalLMOutput, causal_lm_loss
 from hpmodel.models.tasks import IGNORE_INDEX
 
 HIDDEN_LOSSES = ("cosine", "mse")
@@ -183,8 +183,7 @@ class LMDistiller(nn.Module):
             return self.student(input_ids) if labels is None else self.student(input_ids, labels)
         logits, hidden = forward_hidden(self.student, input_ids)
         mask = token_mask(labels)
-        loss = self.hard * F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(),
-                                           ignore_index=IGNORE_INDEX) if self.hard else 0.0
+        loss = self.hard * causal_lm_loss(logits, labels) if self.hard else 0.0
         if teacher_values is not None:  # offline: the stored top-k
             if self.soft:
                 loss = loss + self.soft * sparse_kl(logits, teacher_values, teacher_indices,

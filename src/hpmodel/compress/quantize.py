@@ -36,6 +36,7 @@ from torch import nn
 from hpmodel.compress import export, onnx_graph
 from hpmodel.compress.export import INPUT_NAME
 from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.files import atomic_write_bytes
 from hpmodel.kernel.quiet import quiet_imports
 
 
@@ -88,13 +89,9 @@ def quantize_onnx_dynamic(source: str | Path, target: str | Path, conv_kernel: s
 
 def _finish(model, target: str | Path) -> None:
     """Drop zero zero-points, shorten names, save atomically."""
-    import onnx
-
     onnx_graph.drop_zero_points(model)
     onnx_graph.compact_names(model)
-    temp = Path(target).with_name(f".{Path(target).name}.tmp")
-    onnx.save(model, str(temp))
-    temp.replace(target)
+    atomic_write_bytes(target, model.SerializeToString())
 
 
 def calibration_batches(x: torch.Tensor, batches: int, batch_size: int) -> list[np.ndarray]:

@@ -16,14 +16,13 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Sequence
 
 from torch import nn
 
 from hpmodel.kernel.errors import ConfigError
-from hpmodel.models.gpt import GPT, GPTConfig
+from hpmodel.models.gpt import GPT
 
 
 def every_other(depth: int, keep: int | None = None) -> list[int]:
@@ -68,10 +67,10 @@ def student_from_teacher(teacher: GPT, layers: Sequence[int] | None = None) -> G
                           teacher.config.depth)
     cfg = dataclasses.replace(teacher.config, depth=len(layers))
     student = GPT(cfg)
-    blocks = list(teacher)[1:-1]
+    blocks = blocks_of(teacher)
     chosen = [teacher[0], *(blocks[i] for i in layers), teacher[-1]]
     for target, source in zip(student, chosen):
-        target.load_state_dict(copy.deepcopy(source.state_dict()))
+        target.load_state_dict(source.state_dict())  # copies the values
     if cfg.tie_embeddings:  # load_state_dict copied values; the tie is the student's own
         student[-1].out.weight = student[0].token.weight
     for parameter in student.parameters():
@@ -80,14 +79,9 @@ def student_from_teacher(teacher: GPT, layers: Sequence[int] | None = None) -> G
     return student
 
 
-def student_config(teacher_cfg: GPTConfig, layers: Sequence[int]) -> GPTConfig:
-    """The GPTConfig of :func:`student_from_teacher`'s student."""
-    return dataclasses.replace(teacher_cfg, depth=len(layers))
-
-
 def blocks_of(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a GPT (everything between its embeddings and its head)."""
     return list(model)[1:-1]
 
 
-__all__ = ["blocks_of", "check_layers", "every_other", "student_config", "student_from_teacher"]
+__all__ = ["blocks_of", "check_layers", "every_other", "student_from_teacher"]

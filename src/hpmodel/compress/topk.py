@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +36,7 @@ from hpmodel.data.record_table import RecordTable
 from hpmodel.data.shards import ShardWriter
 from hpmodel.datasets import Split
 from hpmodel.kernel.errors import ConfigError, HpmodelError
-from hpmodel.kernel.files import write_json
+from hpmodel.kernel.files import read_json, write_json
 
 VALUE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 INDEX_DTYPES = {"int16": torch.int16, "int32": torch.int32}
@@ -132,7 +131,7 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         return {}
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path)  # a damaged manifest: one line, not a traceback
     if not all((Path(out_dir) / name).is_file() for name in manifest.get("shards", [])):
         return {}
     return manifest

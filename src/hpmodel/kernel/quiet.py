@@ -14,8 +14,7 @@ What is silenced, and why it says nothing to a user:
 - ONNX Runtime's C++ log at WARNING (e.g. the quantizer's calibration graph "Removing
   initializer … It is not used by any node"), which has no logger to filter;
 - DCP's "torch.distributed is disabled … assuming the intent is to save in a single
-  process", which a single-process backup means on purpose;
-- torch.compile's "Profiler function … will be ignored" for ``record_function`` labels.
+  process", which a single-process backup means on purpose.
 
 Example::
 
@@ -60,10 +59,6 @@ TORCHAO_IMPORT = (
 DCP_SINGLE_PROCESS = WarningNoise(
     r"torch\.distributed is (disabled, )?unavailable or uninitialized, assuming the intent is "
     r"to (save|load) in a single process", UserWarning)
-COMPILE_PROFILER = (
-    LogNoise("torch._dynamo.variables.torch", r"Profiler function .* will be ignored"),
-    LogNoise("torch._dynamo.variables.ctx_manager", r"Profiler record function .* will be ignored"),
-)
 ORT_ERROR, ORT_WARNING = 3, 2  # onnxruntime's severities; WARNING is its default
 
 
@@ -126,17 +121,6 @@ def quiet_single_process_dcp() -> contextlib.AbstractContextManager[None]:
     return quieted(warns=[DCP_SINGLE_PROCESS])
 
 
-def quiet_compile() -> contextlib.AbstractContextManager[None]:
-    """Around the first call of a ``torch.compile``'d module: its record_function notices.
-
-    Example::
-
-        with quiet_compile():
-            loss = compiled(x).sum()
-    """
-    return quieted(logs=COMPILE_PROFILER)
-
-
 @contextlib.contextmanager
 def quiet_onnxruntime() -> Iterator[None]:
     """ONNX Runtime's C++ log raised to ERROR while the block runs (then back to WARNING,
@@ -174,4 +158,4 @@ def quiet_compress() -> Iterator[None]:
 
 
 __all__ = ["LogNoise", "WarningNoise", "quieted", "quiet_imports", "quiet_single_process_dcp",
-           "quiet_compile", "quiet_onnxruntime", "quiet_compress"]
+           "quiet_onnxruntime", "quiet_compress"]

@@ -71,7 +71,7 @@ def targets(batch: Any) -> torch.Tensor:
         for key in ("labels", "y", "targets"):
             if key in batch:
                 return batch[key]
-        raise HpmodelError(f"a dict batch needs 'labels' (or 'y'); it has {sorted(batch)}")
+        raise HpmodelError(f"a dict batch needs 'labels' (or 'y' or 'targets'); it has {sorted(batch)}")
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[1]
     raise HpmodelError("a batch needs labels: give (x, y) tuples or dicts with 'labels'")

@@ -110,9 +110,6 @@ class ShardServer:
 
     def write_backup(self) -> None:
         """Variables and optimizer tensors as safetensors, the rest as JSON (no pickle)."""
-        # strategies/ does not import train/ at module level; the atomic writer lives there.
-
-
         tensors_path, json_path = self.backup_paths()
         state = self.optimizer.state_dict()
         tensors = {f"param/{k}": p.detach().contiguous() for k, p in self.params.items()}

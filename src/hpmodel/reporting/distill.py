@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from hpmodel.models import count_parameters
 from hpmodel.kernel.files import atomic_write_bytes, write_json
+from hpmodel.kernel.timing import timed
 
 
 @torch.inference_mode()
@@ -40,14 +40,7 @@ def latency_ms(model: nn.Module, example: torch.Tensor, batch: int, repeats: int
     """Median milliseconds of one CPU forward at ``batch`` examples (after 3 warm-up calls)."""
     model = model.cpu().eval()
     x = example.expand(batch, *example.shape[1:]).contiguous()
-    for _ in range(3):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return 1e3 * timed(lambda: model(x), repeats, warmup=3)
 
 
 def measure(name: str, model: nn.Module, test, weights_path: str | Path | None = None,
@@ -187,14 +180,7 @@ def tokens_per_second(model: nn.Module, batch: int = 32, repeats: int = 10) -> f
     median of ``repeats`` timed forwards after 2 warm-up calls."""
     model = model.cpu().eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, model.config.seq_len))
-    for _ in range(2):
-        model(ids)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(ids)
-        times.append(time.perf_counter() - start)
-    return ids.numel() / statistics.median(times)
+    return ids.numel() / timed(lambda: model(ids), repeats, warmup=2)
 
 
 def _cell(summary: dict, key: str, digits: int = 4) -> str:

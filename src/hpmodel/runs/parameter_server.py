@@ -23,6 +23,7 @@ import torch
 import torch.distributed.rpc as rpc
 
 from hpmodel.parameter_server import cluster, server, worker
+from hpmodel.parameter_server.config import ParameterServerConfig
 from hpmodel.parameter_server.coordinator import Coordinator
 from hpmodel.train.batches import to_batches
 from torch.distributed.rpc.api import _is_current_rpc_agent_set
@@ -35,7 +36,7 @@ from hpmodel.reporting.console import print_rows
 from hpmodel.kernel.files import save_weights, write_json
 from hpmodel.kernel.network import free_port, is_loopback, split_endpoint
 
-DEFAULT_BIND = "127.0.0.1"  # ParameterServerConfig.bind_address's default
+DEFAULT_BIND = ParameterServerConfig.bind_address  # the dataclass field's default
 FINGERPRINTED = ("model", "data", "optimizer", "schedule", "seed")  # config sections a backup must match
 
 

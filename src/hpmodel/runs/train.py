@@ -123,12 +123,13 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
     result = trainer.fit_in_process(factory, optimizer_factory(cfg.optimizer), splits.train,
                                     cfg.train.epochs, splits.val if len(splits.val) else None)
     test = trainer.evaluate_model(result.wrapped_model, splits.test)
+    fresh = factory()  # an untrained copy: its size and shape, for the summary
     summary = {**result.summary, **{f"test_{k}": v for k, v in test.items()},
                **{f"baseline_{k}": v for k, v in splits.baselines.items()},
                "strategy": strategy.describe(),
-               "parameters": count_parameters(factory()), "precision": cfg.train.precision,
+               "parameters": count_parameters(fresh), "precision": cfg.train.precision,
                "total_seconds": time.perf_counter() - started, "history": result.history}
-    summary.update(utilisation(factory, summary, strategy.device))
+    summary.update(utilisation(fresh, summary, strategy.device))
     backup = next((cb for cb in callbacks if isinstance(cb, BackupAndRestore)), None)
     summary["restarts"] = restart_count()
     if backup is not None and backup.restored_from is not None:
@@ -142,10 +143,10 @@ def train_worker(cfg: RunConfig, out_dir: str, strategy) -> dict[str, Any]:
     return summary
 
 
-def utilisation(factory, summary: dict[str, Any], device) -> dict[str, float]:
+def utilisation(model, summary: dict[str, Any], device) -> dict[str, float]:
     """Model FLOPs utilisation of a language model's run: FLOPs per token × tokens/s over the
     device's peak (reported where the peak is known: H100/H200 bf16)."""
-    model, peak = factory(), peak_tflops(device)
+    peak = peak_tflops(device)
     if not isinstance(model, GPT) or "tokens_per_second" not in summary or not peak:
         return {}
     return {"mfu": flops_per_token(model.config) * summary["tokens_per_second"] / (peak * 1e12)}

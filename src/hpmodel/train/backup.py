@@ -82,7 +82,6 @@ class BackupAndRestore(Callback):
         self.sealed: set[str] = set()  # folders this process verified: pruning need not rehash them
         self.restored_from: Path | None = None
         self.restored_step: int | None = None  # the optimizer step the run resumed after
-        self.restored_layout: dict | None = None  # the manifest's strategy/world size/global batch
         self.saves = 0
 
     # -- hooks ------------------------------------------------------------------------------
@@ -236,7 +235,6 @@ class BackupAndRestore(Callback):
                                "folder to resume from the one before it") from None
         self.restored_from, self.restored_step = folder, state.global_step
         self.sealed.add(folder.name)
-        self.restored_layout = layout
         if state.strategy.is_main:
             moved = "" if same_layout(layout, self.layout) else (
                 f", written by {layout.get('strategy', '?')} on {layout.get('world_size', 1)} process(es), "

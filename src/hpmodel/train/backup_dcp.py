@@ -38,9 +38,13 @@ from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMeta
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_state_dict
 
 from hpmodel.kernel.errors import HpmodelError
+from hpmodel.kernel.quiet import DCP_SINGLE_PROCESS
 
-# Without a process group DCP warns on every call that it assumes one process: intended here.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+# Without a process group DCP warns on every call that it assumes one process: intended
+# here. Filtered for the process, this one message only: async backups call DCP from a
+# writer thread, and ``warnings.catch_warnings`` (kernel.quiet's scoped filter) is not
+# thread-safe.
+warnings.filterwarnings("ignore", message=DCP_SINGLE_PROCESS.pattern, category=DCP_SINGLE_PROCESS.category)
 
 ALLOWED_TORCH_NAMES = {"Size", "layout", "memory_format"}
 SKELETON = "state.json"  # the non-tensor leaves of model + optimizer state, as JSON

@@ -81,10 +81,6 @@ class Stager:
 
         return staged, ready
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers.values())
-
 
 def all_finite(tensors) -> torch.Tensor:
     """One boolean tensor on the tensors' device: every element of every tensor is finite
