@@ -30,10 +30,12 @@ FLOORS = {
     "hpmodel.commands": 9, "hpmodel.cli": 9, "hpmodel.__main__": 10,
 }
 
-# Imported inside functions on purpose: optional extras and heavy peers of benchmarks.
+# Imported inside functions on purpose: optional extras, heavy peers of benchmarks, and
+# sklearn, which only the digits loader needs (1.5 s of hpmodel's 5 s import otherwise,
+# paid by every command and every spawned worker that never reads the digits).
 OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "torchao", "tensorflow", "lightning",
             "accelerate", "transformers", "torchvision", "tensorboard", "torch.utils.tensorboard",
-            "torch_pruning", "torchdata", "triton", "psutil")
+            "torch_pruning", "torchdata", "triton", "psutil", "sklearn")
 
 
 def is_optional(name: str) -> bool:

@@ -99,3 +99,14 @@ def test_weights_tied_across_stages_are_refused():
         strategy.setup(model)
     with pytest.raises(HpmodelError, match="split_points = \\[5\\] must be 1 increasing"):
         hm.get_strategy("pipeline", devices=2, split_points=[5]).setup(model)
+
+
+def test_tasks_other_than_classification_are_refused_before_any_process_starts():
+    trainer = hm.Trainer(strategy=hm.get_strategy("pipeline", devices=2), task="causal-lm",
+                         progress=False)
+    tokens = torch.randint(0, 16, (8, 4))
+    model = nn.Sequential(nn.Embedding(16, 8), nn.Linear(8, 16))
+    with pytest.raises(HpmodelError, match="strategy 'pipeline' trains .* not task 'causal-lm'"):
+        trainer.fit(model, lambda p: torch.optim.SGD(p, lr=0.1), (tokens, tokens))
+    with pytest.raises(HpmodelError, match="not task 'causal-lm': use mirrored or sharded"):
+        trainer.evaluate(model, (tokens, tokens))

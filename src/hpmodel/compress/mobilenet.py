@@ -16,11 +16,10 @@ Example::
 
 from __future__ import annotations
 
-import math
 
 from torch import nn
 
-from hpmodel.models.layers import Reshape
+from hpmodel.models.layers import Reshape, as_channels_first
 
 
 def separable_block(channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -39,7 +38,7 @@ def mobilenet(input_shape, num_classes: int, width: int = 16, depth: int = 3) ->
 
         mobilenet((1, 8, 8), 10)    # digits images, about 3 k parameters
     """
-    shape = tuple(input_shape) if len(input_shape) == 3 else (1, *_square(input_shape))
+    shape = as_channels_first(tuple(input_shape), 2)
     blocks: list[nn.Module] = [Reshape(*shape), nn.Sequential(
         nn.Conv2d(shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())]
     channels = width
@@ -49,11 +48,6 @@ def mobilenet(input_shape, num_classes: int, width: int = 16, depth: int = 3) ->
         channels = out
     blocks.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)))
     return nn.Sequential(*blocks)
-
-
-def _square(input_shape) -> tuple[int, int]:
-    side = math.isqrt(math.prod(input_shape))
-    return (side, math.prod(input_shape) // side)
 
 
 __all__ = ["mobilenet", "separable_block"]

@@ -29,6 +29,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from hpmodel.kernel.schema import toml_value
+
 HEADERS = ("key", "type", "default", "allowed", "meaning")
 _CHOICE = r"[\w.\"'-]+(?: \([^)]*\))?"  # a value, maybe with a note: "time (profiled fwd+bwd)"
 _CHOICES = re.compile(rf"^({_CHOICE}(?: \| {_CHOICE})+)(?::\s*(.*))?$")
@@ -115,19 +117,10 @@ def default_text(item: dataclasses.Field) -> str:
         value = item.default_factory()
     else:
         return "(required)"
-    return toml_literal(value)
-
-
-def toml_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_literal(v)}" for k, v in value.items()) + "}"
-    return repr(value)
+    try:
+        return toml_value(value)
+    except TypeError:  # None or an object: shown as Python writes it
+        return repr(value)
 
 
 def markdown_table(docs: list[KeyDoc]) -> str:

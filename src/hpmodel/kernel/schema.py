@@ -97,7 +97,7 @@ def to_toml(cfg: Any) -> str:
     """Write a config dataclass back as TOML (scalars, lists and nested tables)."""
     data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
     for section, table in data.items():
         if isinstance(table, dict):
             lines += _toml_table(section, table)
@@ -106,20 +106,29 @@ def to_toml(cfg: Any) -> str:
 
 def _toml_table(name: str, table: dict) -> list[str]:
     lines = ["", f"[{name}]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    lines += [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
     for key, sub in table.items():
         if isinstance(sub, dict):
             lines += _toml_table(f"{name}.{key}", sub)
     return lines
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML literal: booleans, numbers, strings (escaped), arrays, inline
+    tables; TypeError for anything TOML cannot hold (None, objects).
+
+    Example::
+
+        toml_value({"seq_len": 32, "name": "a\\b"})  # '{seq_len = 32, name = "a\\\\b"}'
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

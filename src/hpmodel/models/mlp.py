@@ -6,13 +6,14 @@ import math
 
 from torch import nn
 
-from hpmodel.models.shapes import InputSpec
+from hpmodel.models.shapes import InputSpec, reference_options
 
 
 def mlp(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """Flatten → depth × (Linear, GELU, Dropout) → Linear. Each hidden layer is one block.
 
     ``depth = 0`` is a linear model: multinomial logistic regression on the flat features."""
+    reference_options(config.options)  # an unknown model.options key stops, as for the cnns
     blocks: list[nn.Module] = [nn.Flatten()]
     width_in = math.prod(input_shape)
     for _ in range(config.depth):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hpmodel.models.layers import Reshape
-from hpmodel.models.shapes import InputSpec
+from hpmodel.models.shapes import InputSpec, reference_options
 from hpmodel.kernel.errors import ConfigError
 
 
@@ -51,6 +51,7 @@ def sequence_shape(input_shape: tuple[int, ...]) -> tuple[int, int]:
 
 def transformer(config, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """Embedding → depth × TransformerEncoderLayer (pre-norm) → mean-pool head."""
+    reference_options(config.options)  # an unknown model.options key stops, as for the cnns
     if config.width % config.heads:
         raise ConfigError(f"model.width = {config.width} must be divisible by model.heads = "
                           f"{config.heads}")

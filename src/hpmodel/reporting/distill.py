@@ -169,7 +169,11 @@ def summarize_seeds(records: list[dict[str, Any]]) -> dict[str, dict[str, float]
     """
     flats = [flat_record(r) for r in records]
     keys = [k for k in flats[0] if all(k in f for f in flats)]
-    values = {k: [float(f[k]) for f in flats] for k in keys}
+    return mean_and_std({k: [float(f[k]) for f in flats] for k in keys})
+
+
+def mean_and_std(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """``{"mean": …, "std": …}`` of each key's values over seeds (std 0 for one seed)."""
     return {"mean": {k: statistics.mean(v) for k, v in values.items()},
             "std": {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}}
 
@@ -237,5 +241,5 @@ def write_lm_report(out_dir: str | Path, summary: dict[str, Any],
 
 
 __all__ = ["accuracy", "flat_record", "gap_recovered", "latency_ms", "lm_markdown", "lm_seed_record",
-           "markdown_table", "measure", "summarize_seeds", "tokens_per_second", "write_lm_report",
+           "markdown_table", "mean_and_std", "measure", "summarize_seeds", "tokens_per_second", "write_lm_report",
            "write_report"]

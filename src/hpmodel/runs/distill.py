@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hpmodel.compress.distill import Ensemble, distill, load_teacher, soft_targets
-from hpmodel.reporting.distill import accuracy, gap_recovered, measure, write_report
+from hpmodel.reporting.distill import accuracy, gap_recovered, mean_and_std, measure, write_report
 from hpmodel.compress.lm_distill import HIDDEN_LOSSES, TOPK_REST
 from hpmodel.compress.noisy_student import Noise, noisy_student
 from hpmodel.compress.topk import INDEX_DTYPES, VALUE_DTYPES
@@ -270,9 +269,7 @@ def seed_results(seeds, teacher_accuracy, distilled, scratch) -> dict[str, Any]:
                         "gap_recovered": gap_recovered(teacher_accuracy, s, distilled[index])
                         if s is not None else None})
     keys = [k for k in records[0] if k != "seed" and all(r[k] is not None for r in records)]
-    values = {k: [float(r[k]) for r in records] for k in keys}
-    return {"seeds": records, "mean": {k: statistics.mean(v) for k, v in values.items()},
-            "std": {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}}
+    return {"seeds": records, **mean_and_std({k: [float(r[k]) for r in records] for k in keys})}
 
 
 def build_summary(cfg, dcfg, first, rows, teacher_accuracy, teacher_dirs, splits, started):

@@ -82,8 +82,9 @@ class DistillerFactory:
                            topk_rest=d.topk_rest)
 
 
-def evaluate_lm(model: torch.nn.Module, test, cfg: RunConfig) -> dict[str, float]:
-    """Loss, perplexity, bits per byte and token accuracy of ``model`` on ``test`` (CPU)."""
+def evaluate_lm(model: torch.nn.Module, test) -> dict[str, float]:
+    """Loss, perplexity, bits per byte and token accuracy of ``model`` on ``test``, on one
+    device (a GPU when there is one)."""
     trainer = Trainer(strategy=get_strategy("one-device"), batch_size=64, progress=False,
                       task="causal-lm", precision="fp32")
     module, _ = trainer.strategy.setup(model, None)
@@ -134,7 +135,7 @@ def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
                           value_dtype=dcfg.topk_values, index_dtype=dcfg.topk_indices,
                           describe={"teachers": [str(d) for d in teacher_dirs]})
         topk["dir"] = str(topk_dir)
-    teacher_scores = evaluate_lm(teachers[0], splits.test, cfg)
+    teacher_scores = evaluate_lm(teachers[0], splits.test)
     records, saved = [], {}
     for seed in [int(s) for s in dcfg.seeds] or [cfg.seed]:
         run_cfg = dataclasses.replace(cfg, seed=seed)
@@ -145,14 +146,14 @@ def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
             data = splits.train if online else TopKSplit(splits.train, topk["dir"])
             factory = DistillerFactory(dcfg, random_student, teachers, layers, online)
             result = trainer.fit(factory, optimizer, data, epochs=cfg.train.epochs)
-            scores[name] = (evaluate_lm(result.model.student, splits.test, cfg), result.summary)
+            scores[name] = (evaluate_lm(result.model.student, splits.test), result.summary)
             saved.setdefault(name, result.model.student)
         scratch = None
         if dcfg.baseline:
             result = build_trainer(run_cfg, strategy, callbacks_for(
                 cfg, dcfg, out_dir, seed, "scratch", log=False)).fit(
                 random_student, optimizer, splits.train, epochs=cfg.train.epochs)
-            scratch = (evaluate_lm(result.model, splits.test, cfg), result.summary)
+            scratch = (evaluate_lm(result.model, splits.test), result.summary)
             saved.setdefault("scratch", result.model)
         records.append(lm_seed_record(seed, teacher_scores, scores, scratch))
     files = save_lm_students(out_dir, student_cfg, saved, variants(dcfg)[0][0])

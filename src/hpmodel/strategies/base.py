@@ -143,7 +143,8 @@ class OwnsForwardBackward(abc.ABC):
     def run_micro_batches(self, model: nn.Module, group: list, loss_fn: Callable, *,
                           train: bool = True, scaler=None,
                           context: Callable[[], Any] | None = None) -> torch.Tensor:
-        """Forward (and backward when ``train``) over ``group``; returns (loss·n, correct, n)."""
+        """Forward (and backward when ``train``) over ``group``; returns the classification
+        task's sums (loss·n, correct, n, n: see :mod:`hpmodel.models.tasks`)."""
 
 
 class ProfilesBatches(abc.ABC):

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hpmodel.kernel.errors import ConfigError, HpmodelError
+from hpmodel.models.tasks import SUMS
 from hpmodel.strategies.base import (OwnsForwardBackward, ProfilesBatches, build_optimizer,
                                      check_batches)
 from hpmodel.strategies.partition import (balance, bounds_from_split_points, check_splittable,
@@ -223,7 +224,8 @@ class PipelineParallel(ProcessGroupStrategy, OwnsForwardBackward, ProfilesBatche
     def run_micro_batches(self, model: PipelineModule, group: list, loss_fn: Callable, *,
                           train: bool = True, scaler=None,
                           context: Callable[[], Any] | None = None) -> torch.Tensor:
-        """Forward (and backward when ``train``) over ``group`` batches; returns (loss·n, correct, n).
+        """Forward (and backward when ``train``) over ``group`` batches; returns the
+        classification task's sums (loss·n, correct, n, n).
 
         Only the last stage has the loss and logits, so the other stages return zeros and
         a sum over all processes (``reduce``) gives the step's totals. Gradients are weighted by each
@@ -232,7 +234,7 @@ class PipelineParallel(ProcessGroupStrategy, OwnsForwardBackward, ProfilesBatche
         if scaler is not None:
             raise HpmodelError("pipeline strategy does not support fp16 loss scaling: use "
                                "train.precision = 'bf16' or 'fp32'")
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(SUMS, dtype=torch.float64, device=self.device)
         self._loss.loss_fn = loss_fn
         self._loss.total = sum(len(batch[-1]) for batch in group)
         first, last = self.stage_index == 0, self.stage_index == self.num_stages - 1
@@ -263,7 +265,8 @@ class PipelineParallel(ProcessGroupStrategy, OwnsForwardBackward, ProfilesBatche
             else:
                 sums[0] += loss_fn(output.float(), y).double() * len(y)
             sums[1] += (output.argmax(-1) == y).sum()
-            sums[2] += len(y)
+            sums[2] += len(y)  # the weight: examples
+            sums[3] += len(y)  # the examples
 
     def _schedule(self, model: PipelineModule, micro_size: int, count: int, train: bool):
         """A stage + schedule per micro-batch shape: receive buffers are sized on first use."""

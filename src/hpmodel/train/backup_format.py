@@ -104,6 +104,18 @@ def verify(folder: Path) -> dict:
     return manifest
 
 
+def checked_manifest(folder: Path, check: Callable[[Path, dict], None] | None = None) -> dict:
+    """``folder``'s manifest once its files verify and ``check(folder, manifest)`` passes;
+    ValueError (or OSError, KeyError, TypeError: see ``BACKUP_PROBLEMS``) naming why not."""
+    manifest = verify(folder)
+    if check is not None:
+        check(folder, manifest)
+    return manifest
+
+
+BACKUP_PROBLEMS = (ValueError, OSError, KeyError, TypeError)  # what an unusable backup raises
+
+
 def find_backup(root: str | Path, check: Callable[[Path, dict], None] | None = None
                 ) -> tuple[Path | None, dict, list[str]]:
     """The newest backup under ``root`` that verifies (and passes ``check(folder, manifest)``,
@@ -111,22 +123,17 @@ def find_backup(root: str | Path, check: Callable[[Path, dict], None] | None = N
     problems = []
     for folder in step_folders(root):
         try:
-            manifest = verify(folder)
-            if check is not None:
-                check(folder, manifest)
-            return folder, manifest, problems
-        except (ValueError, OSError, KeyError, TypeError) as error:
+            return folder, checked_manifest(folder, check), problems
+        except BACKUP_PROBLEMS as error:
             problems.append(f"backup '{folder}' skipped: {error}; trying the previous one")
     return None, {}, problems
 
 
 def is_valid(folder: Path, check: Callable[[Path, dict], None] | None = None) -> bool:
     try:
-        manifest = verify(folder)
-        if check is not None:
-            check(folder, manifest)
+        checked_manifest(folder, check)
         return True
-    except (ValueError, OSError, KeyError, TypeError):
+    except BACKUP_PROBLEMS:
         return False
 
 

@@ -112,6 +112,7 @@ class Trainer:
     # -- public verbs ---------------------------------------------------------------------
     def fit(self, model, optimizer, data, *, epochs: int = 1, val_data=None) -> FitResult:
         """Train ``model`` (a module or a factory) with ``optimizer`` (a factory f(params))."""
+        self.check_strategy_runs_task()  # here, before any process starts
         result = self.strategy.launch(self._fit_entry, model, optimizer, data, epochs, val_data)
         if result is not None and result.model is None and result.state_dict:
             result.model = model() if callable(model) and not isinstance(model, nn.Module) else model
@@ -157,6 +158,7 @@ class Trainer:
 
     def evaluate(self, model: nn.Module, data) -> dict[str, float]:
         """Loss and accuracy of ``model`` on ``data`` (reduced over replicas)."""
+        self.check_strategy_runs_task()
         return self.strategy.launch(self.evaluate_in_process, model, data)
 
     def evaluate_in_process(self, model: nn.Module, data) -> dict[str, float]:
@@ -177,7 +179,15 @@ class Trainer:
         return torch.cat(outputs)
 
     # -- building blocks --------------------------------------------------------------------
+    def check_strategy_runs_task(self) -> None:
+        """A strategy that runs forward and backward itself (the pipeline) scores (x, y)
+        classification only: any other task is refused in one line, before any work."""
+        if isinstance(self.strategy, OwnsForwardBackward) and self.task.name != "classification":
+            raise HpmodelError(f"strategy 'pipeline' trains (x, y) classification batches, not "
+                               f"task '{self.task.name}': use mirrored or sharded for it")
+
     def build_state(self, model, optimizer, data, epochs: int) -> TrainState:
+        self.check_strategy_runs_task()
         model = model() if callable(model) and not isinstance(model, nn.Module) else model
         if self.model_transform is not None:
             model = self.model_transform(model)
@@ -289,14 +299,9 @@ class Trainer:
         device = state.strategy.device
         with offload_activations(device, enabled=self.offload_activations):
             if isinstance(state.strategy, OwnsForwardBackward):  # pipeline parallelism
-                if self.task.name != "classification":
-                    raise HpmodelError(f"strategy 'pipeline' trains (x, y) classification "
-                                       f"batches, not task '{self.task.name}': use mirrored or "
-                                       "sharded for it")
                 sums = state.strategy.run_micro_batches(
                     state.model, group, self.loss_fn, scaler=state.scaler,
                     context=lambda: autocast(self.precision, device))
-                sums = torch.cat([sums, sums[2:3]])  # examples = weight for classification
             else:
                 sums = self.micro_batch_steps(state, group)
         if self.clip_grad_norm:
@@ -341,6 +346,7 @@ class Trainer:
 
     def evaluate_model(self, model: nn.Module, data) -> dict[str, float]:
         """The task's metrics (loss, accuracy, ...) over ``data``, reduced over all processes."""
+        self.check_strategy_runs_task()
         device = self.strategy.device
         batches = self.strategy.distribute(self.as_batches(data, shuffle=False))
         model.eval()
@@ -349,9 +355,8 @@ class Trainer:
             owns = isinstance(self.strategy, OwnsForwardBackward)
             for batch in batches:
                 if owns:  # only a pipeline's last stage has logits: it sums, others add 0
-                    three = self.strategy.run_micro_batches(model, [batch], self.loss_fn,
+                    sums += self.strategy.run_micro_batches(model, [batch], self.loss_fn,
                                                             train=False)
-                    sums += torch.cat([three, three[2:3]])
                     continue
                 sums += self.task.step(model, move_to(batch, device))[1]
         model.train()
