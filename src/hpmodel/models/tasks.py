@@ -165,7 +165,11 @@ class CausalLM(Task):
             loss_fn = self.loss_fn or nn.functional.cross_entropy
             loss = loss_fn(logits.flatten(0, -2).float(), labels.flatten(),
                            ignore_index=IGNORE_INDEX)
-        with torch.no_grad():
+        if torch.is_grad_enabled():
+            # Training: no argmax over (batch × seq × vocab) logits at every step — the
+            # LM metrics are the loss's; token accuracy is an evaluation metric.
+            correct = math.nan
+        else:
             correct = ((logits.argmax(-1) == labels) & counted).sum()
         return loss, _sums(loss, correct, tokens, num_examples(batch))
 
@@ -173,10 +177,12 @@ class CausalLM(Task):
         loss, correct, tokens, examples = sums
         per_token = loss / max(tokens, 1)
         bits = per_token / math.log(2)
-        return {"loss": per_token, "accuracy": correct / max(tokens, 1),
-                "perplexity": math.exp(min(per_token, 700.0)), "bits_per_token": bits,
-                "bits_per_byte": bits / self.bytes_per_token, "tokens": int(tokens),
-                "examples": int(examples)}
+        metrics = {"loss": per_token}
+        if not math.isnan(correct):  # NaN: sums of training steps (see ``step``)
+            metrics["accuracy"] = correct / max(tokens, 1)
+        return {**metrics, "perplexity": math.exp(min(per_token, 700.0)),
+                "bits_per_token": bits, "bits_per_byte": bits / self.bytes_per_token,
+                "tokens": int(tokens), "examples": int(examples)}
 
 
 class Regression(Task):

@@ -16,26 +16,39 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def second_metric(records: list[dict]) -> str:
+    """The right-hand panel's metric: accuracy where logged, else bits per byte (a language
+    model logs no token accuracy while training)."""
+    for name in ("accuracy", "bits_per_byte"):
+        if any(name in r or f"val_{name}" in r for r in records):
+            return name
+    return "accuracy"
+
+
 def plot_training_curves(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path | None:
-    """Loss and accuracy against step from a ``metrics.jsonl``: training steps and epochs."""
+    """Loss and accuracy (or bits per byte) against step from a ``metrics.jsonl``: training
+    steps and epochs."""
     records = read_metrics(metrics_path)
     steps = [r for r in records if r.get("kind") == "step" and "loss" in r]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not steps and not epochs:
         return None
+    metric = second_metric(steps + epochs)
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     if steps:
         loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (window)",
                      color="#3b6ea5", alpha=0.8)
-        acc_ax.plot([r["step"] for r in steps], [r["accuracy"] for r in steps], color="#3b6ea5",
+        shown = [r for r in steps if metric in r]
+        acc_ax.plot([r["step"] for r in shown], [r[metric] for r in shown], color="#3b6ea5",
                     alpha=0.8, label="train (window)")
     val = [r for r in epochs if "val_loss" in r]
     if val:
         loss_ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="#d9822b",
                      label="validation")
-        acc_ax.plot([r["step"] for r in val], [r["val_accuracy"] for r in val], "o-", color="#d9822b",
-                    label="validation")
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        shown = [r for r in val if f"val_{metric}" in r]
+        acc_ax.plot([r["step"] for r in shown], [r[f"val_{metric}"] for r in shown], "o-",
+                    color="#d9822b", label="validation")
+    for ax, name in ((loss_ax, "loss"), (acc_ax, metric.replace("_", " "))):
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
