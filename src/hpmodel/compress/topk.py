@@ -81,8 +81,12 @@ def write_topk(teachers: Sequence[torch.nn.Module], split: Split, out_dir: str |
                temperature: float, weights: Sequence[float] | None = None,
                value_dtype: str = "float16", index_dtype: str = "int16",
                batch_size: int = 64, records_per_shard: int = 4096,
-               describe: dict | None = None) -> dict[str, Any]:
+               describe: dict | None = None, device: str | torch.device | None = None,
+               bf16: bool = False) -> dict[str, Any]:
     """Write the teachers' top-k log p_T for every example of ``split``; returns the manifest.
+
+    The teachers run on ``device`` (default: where their parameters are), under bf16
+    autocast when ``bf16`` and the device is a GPU — as they would in online distillation.
 
     A complete set already in ``out_dir`` with the same settings is kept as it is.
 
@@ -101,12 +105,15 @@ def write_topk(teachers: Sequence[torch.nn.Module], split: Split, out_dir: str |
         return existing
     for old in out_dir.glob("topk-*.shard"):
         old.unlink()
-    device = next(teachers[0].parameters()).device
+    device = torch.device(device) if device is not None else next(teachers[0].parameters()).device
+    teachers = [t.to(device).eval() for t in teachers]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
     writer, shards, written = None, [], 0
     for rows in _batches(split, batch_size):
         ids = torch.stack([torch.as_tensor(example["input_ids"]) for _, _, example in rows])
-        log_p, _ = teacher_log_probs([t.eval() for t in teachers], ids.to(device), temperature,
-                                     settings["teacher_weights"])
+        with torch.no_grad(), autocast:
+            log_p, _ = teacher_log_probs(teachers, ids.to(device), temperature,
+                                         settings["teacher_weights"])
         values, indices = log_p.topk(k, dim=-1)  # (B, T, k), largest first
         values = values.to(VALUE_DTYPES[value_dtype]).cpu()
         indices = indices.to(INDEX_DTYPES[index_dtype]).cpu()

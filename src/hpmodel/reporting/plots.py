@@ -52,7 +52,8 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path, title: 
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     loss_ax.set_yscale("log")
     if title:
         figure.suptitle(title)

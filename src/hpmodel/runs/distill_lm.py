@@ -82,6 +82,15 @@ class DistillerFactory:
                            topk_rest=d.topk_rest)
 
 
+def run_device(strategy) -> torch.device:
+    """Where this run's models compute: the strategy's device (a GPU run's teachers write
+    their top-k and are timed there), the CPU for a strategy of several processes."""
+    try:
+        return torch.device(strategy.device)
+    except (AttributeError, RuntimeError):
+        return torch.device("cpu")
+
+
 def evaluate_lm(model: torch.nn.Module, test) -> dict[str, float]:
     """Loss, perplexity, bits per byte and token accuracy of ``model`` on ``test``, on one
     device (a GPU when there is one)."""
@@ -127,13 +136,15 @@ def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
     student_cfg, layers = student_run_config(cfg, dcfg, teachers[0])
     random_student = ModelFactory(student_cfg, splits.input_shape, splits.num_classes)
     strategy, optimizer = build_strategy(cfg), optimizer_factory(cfg.optimizer)
+    device, bf16 = run_device(strategy), cfg.train.precision == "bf16"
     topk = None
     if dcfg.topk:
         topk_dir = Path(dcfg.topk_dir) if dcfg.topk_dir else out_dir / "teacher-topk"
         topk = write_topk(teachers, splits.train, topk_dir, k=dcfg.topk,
                           temperature=dcfg.temperature, weights=dcfg.teacher_weights or None,
                           value_dtype=dcfg.topk_values, index_dtype=dcfg.topk_indices,
-                          describe={"teachers": [str(d) for d in teacher_dirs]})
+                          describe={"teachers": [str(d) for d in teacher_dirs]},
+                          device=device, bf16=bf16, batch_size=max(cfg.data.batch_size, 64))
         topk["dir"] = str(topk_dir)
     teacher_scores = evaluate_lm(teachers[0], splits.test)
     records, saved = [], {}
@@ -157,8 +168,9 @@ def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
             saved.setdefault("scratch", result.model)
         records.append(lm_seed_record(seed, teacher_scores, scores, scratch))
     files = save_lm_students(out_dir, student_cfg, saved, variants(dcfg)[0][0])
-    speed = {"teacher": tokens_per_second(teachers[0], cfg.data.batch_size),
-             "student": tokens_per_second(saved[variants(dcfg)[0][0]], cfg.data.batch_size)}
+    speed = {name: tokens_per_second(model, cfg.data.batch_size, device=device, bf16=bf16)
+             for name, model in (("teacher", teachers[0]), ("student", saved[variants(dcfg)[0][0]]))}
+    speed["device"] = str(device)
     summary = lm_summary(cfg, dcfg, records, teachers, saved, speed, topk, layers, files,
                          teacher_dirs, started)
     write_lm_report(out_dir, summary, title=f"hpmodel distill → {out_dir}")
