@@ -2,7 +2,8 @@
 # The language-model runs of docs/benchmarks.md on one GPU, packed into one archive:
 #   1. examples/gpt.toml (the CPU example) on the GPU for more steps: held-out bits per byte
 #      against gzip -9 on the same held-out text (issue 22);
-#   2. the 85M GPU teacher and its half-depth students (issue 20).
+#   2. the 85M GPU teacher and its half-depth students (issue 20), on the stdlib plus
+#      LM_EXTRA_MB (default 30) MB of torch's own Python source.
 #   scripts/gpu-lm.sh OUT_DIR TAG [GPT_STEPS...]      e.g. scripts/gpu-lm.sh "$OUT" a 3000 10000
 set -uo pipefail
 out=$1 tag=$2; shift 2
@@ -23,15 +24,26 @@ for steps in "${@:-3000}"; do
   timeout 200 python3 -m hpmodel train examples/gpt.toml --out "$data/gpt-$steps" \
     --set "data.shards=\"$data/stdlib-shards/train-*.shard\"" \
     --set "data.test_shards=\"$data/stdlib-shards/val-*.shard\"" \
-    --set 'strategy.device="cuda"' --set "train.max_steps=$steps" --set train.progress=false \
+    --set 'strategy.device="cuda"' --set "train.max_steps=$steps" --set train.epochs=1000 \
+    --set train.progress=false \
     > "$work/gpt-$steps.log" 2>&1; echo "exit $?"
   grep -E "bits_per_byte|tokens_per_second|total_seconds|steps " "$work/gpt-$steps.log"
   keep "$data/gpt-$steps" "gpt-$steps"
 done
 
-step "teacher data (32 MB of the stdlib, 256 tokens)"
-hp data write --corpus stdlib --max-bytes 32000000 --seq-len 256 --val-fraction 0.05 --out runs/stdlib-256 \
-  > "$work/teacher-data.log" 2>&1; tail -2 "$work/teacher-data.log"
+step "teacher data (the stdlib and ${LM_EXTRA_MB:-30} MB of torch's own Python source, 256 tokens)"
+# The stdlib alone is ~10 MB on a GPU host: an 85M teacher memorises it within a few epochs.
+mapfile -t extra < <(python3 - "${LM_EXTRA_MB:-30}" <<'PY'
+import os, sys, torch
+root, cap, total = os.path.dirname(torch.__file__), int(sys.argv[1]) * 10**6, 0
+for path in sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".py")):
+    size = os.path.getsize(path)
+    if size and total + size <= cap:
+        print(path); total += size
+PY
+)
+hp data write --corpus stdlib --text "${extra[@]}" --seq-len 256 --val-fraction 0.05 \
+  --out runs/stdlib-256 > "$work/teacher-data.log" 2>&1; grep -v "shard$" "$work/teacher-data.log" | tail -3
 step "teacher"
 timeout 300 python3 -m hpmodel train examples/gpt_teacher_gpu.toml --out "$data/teacher" \
   > "$work/teacher.log" 2>&1; echo "exit $?"
