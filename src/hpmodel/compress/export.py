@@ -26,14 +26,17 @@ from torch import nn
 from hpmodel.kernel.errors import HpmodelError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+TOKENS_NAME = "input_ids"  # a language model's int64 input
 OPSET = 17
 # metadata key of an ONNX file whose value (JSON) lists ORT session config entries the file
 # needs to run fast, e.g. {"session.disable_quant_qdq": "1"} for weight-only int8 convolutions
 SESSION_CONFIG_KEY = "hpmodel.ort_session_config"
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
-    """Write ``model`` (eval mode, on the CPU, float32) as ONNX with a dynamic batch axis.
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path,
+                input_dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` (eval mode, on the CPU, float32) as ONNX with a dynamic batch axis;
+    ``input_dtype=torch.int64`` for a language model (input ``input_ids``, (batch, seq)).
 
     Example::
 
@@ -43,13 +46,14 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model = model.eval().cpu()
-    example = torch.zeros(2, *input_shape)
+    example = torch.zeros(2, *input_shape, dtype=input_dtype)
+    name = INPUT_NAME if input_dtype.is_floating_point else TOKENS_NAME
     temp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         torch.onnx.export(model, (example,), str(temp), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                          input_names=[name], output_names=[OUTPUT_NAME],
+                          dynamic_axes={name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     temp.replace(path)
     model.train(was_training)
     return path
@@ -107,7 +111,8 @@ def set_session_config(model, entries: dict[str, str]) -> None:
 
 
 class OnnxModel:
-    """Call an ONNX file like a module: float32 tensor in, float32 logits out.
+    """Call an ONNX file like a module: float32 tensor (int64 token ids for a language model)
+    in, float32 logits out.
 
     The input shape is checked against the file's declared shape, so a wrong input gives
     one sentence instead of an ONNX Runtime stack trace.
@@ -127,6 +132,7 @@ class OnnxModel:
                                "export it with hpmodel.compress.export_onnx")
         self.input_name = inputs[0].name
         self.example_shape = tuple(inputs[0].shape[1:])  # without the batch axis
+        self.tokens = inputs[0].type == "tensor(int64)"  # a language model's input_ids
 
     def check_input(self, x) -> None:
         shape = tuple(x.shape[1:])
@@ -142,7 +148,8 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        array = x.detach().cpu().float().contiguous().numpy()
+        x = x.detach().cpu()
+        array = (x.long() if self.tokens else x.float()).contiguous().numpy()
         return torch.from_numpy(self.run_numpy(array)).float()
 
 

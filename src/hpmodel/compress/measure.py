@@ -1,7 +1,8 @@
 """Measure compressed variants: accuracy, file sizes and latency (the report itself is
 :mod:`hpmodel.reporting.compress`).
 
-Accuracy comes from :func:`~hpmodel.compress.variants.evaluate_variant`, CPU latency from
+Accuracy (for a GPT: perplexity and bits per byte too) comes from
+:func:`~hpmodel.compress.variants.evaluate_variant`, CPU latency from
 ONNX Runtime and PyTorch at batch 1 and 64, GPU latency from PyTorch where CUDA exists;
 ``gzip`` measures how well a file compresses (pruned zeros compress, dense floats do not).
 
@@ -22,6 +23,7 @@ from safetensors import safe_open
 
 from hpmodel.compress import variants
 from hpmodel.compress.export import OnnxModel
+from hpmodel.compress.int4 import is_language_model, token_example
 from hpmodel.config import load_config
 from hpmodel.datasets import load_splits
 from hpmodel.kernel.files import read_json
@@ -72,34 +74,36 @@ def measure_variant(folder: Path, repeats: int = 20, threads: int = 0,
     gpu_only = bool(info.get("apply")) and not torch.cuda.is_available()
     if not gpu_only:
         row.update(variants.evaluate_variant(folder, trust_model_target=trust_model_target))
-    row["parameters"] = parameter_count(folder)
+    row["parameters"] = info.get("parameters") or parameter_count(folder)  # int4 packs 2 a byte
     main_file = folder / ("model.onnx" if info["format"] == "onnx" else "model.safetensors")
     row.update(file_sizes(main_file))
     if (folder / "model.onnx").is_file():
         row.update({f"onnx_{k}": v for k, v in file_sizes(folder / "model.onnx").items()})
-    shape = _input_shape(folder)
+    example = _example_maker(folder)
     onnx_file = folder / "model.onnx"
-    if onnx_file.is_file() and info["dtype"] in ("float32", "int8"):  # fp16 ONNX is for GPUs
+    if onnx_file.is_file() and info["dtype"] in ("float32", "int8", "int4"):  # fp16 ONNX is for GPUs
 
         runner = OnnxModel(onnx_file, threads=threads)
         for batch in BATCHES:
-            x = torch.randn(batch, *shape).numpy()
-            row[f"ort_cpu_ms_b{batch}"] = latency_ms(runner.run_numpy, x, repeats)
+            row[f"ort_cpu_ms_b{batch}"] = latency_ms(runner.run_numpy, example(batch).numpy(), repeats)
     if info["format"] == "torch" and not info.get("apply"):
         predictor = variants.load_torch_variant(folder, info, "cpu", trust_model_target)
         for batch in BATCHES:
-            row[f"torch_cpu_ms_b{batch}"] = latency_ms(predictor, torch.randn(batch, *shape), repeats)
+            row[f"torch_cpu_ms_b{batch}"] = latency_ms(predictor, example(batch), repeats)
     if torch.cuda.is_available() and info["format"] == "torch":
         predictor = variants.load_torch_variant(folder, info, "cuda", trust_model_target)
         for batch in BATCHES:
-            x = torch.randn(batch, *shape, device="cuda")
-            row[f"torch_gpu_ms_b{batch}"] = latency_ms(predictor, x, repeats)
+            row[f"torch_gpu_ms_b{batch}"] = latency_ms(predictor, example(batch).cuda(), repeats)
     return row
 
 
-def _input_shape(folder: Path) -> tuple[int, ...]:
+def _example_maker(folder: Path):
+    """``batch -> input``: random floats, or random token ids (batch, seq_len) for a GPT."""
     cfg = load_config(folder / "config.toml")
-    return load_splits(cfg.data, cfg.seed).input_shape
+    shape = load_splits(cfg.data, cfg.seed).input_shape
+    if is_language_model(cfg):
+        return lambda batch: token_example(batch, shape, int(cfg.model.options.get("vocab_size", 256)))
+    return lambda batch: torch.randn(batch, *shape)
 
 
 __all__ = ["file_sizes", "measure_variant", "parameter_count"]

@@ -10,7 +10,7 @@
 - :func:`compact_names`: ORT's quantizer names tensors ``/1/1.0/Conv_output_0_quantized…``;
   short names and no doc strings keep a small model's file close to its weight bytes.
 - :func:`weight_bytes`: bytes held by initializers (weights, biases, scales, zero points) —
-  the "size of the weights", independent of graph bookkeeping.
+  the "size of the weights", independent of graph bookkeeping (int4 packs two a byte).
 
 Example::
 
@@ -36,7 +36,17 @@ def weight_bytes(path: str | Path) -> int:
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    return sum(numpy_helper.to_array(t).nbytes for t in graph.initializer)
+    return sum(_stored_bytes(t, numpy_helper) for t in graph.initializer)
+
+
+def _stored_bytes(tensor, numpy_helper) -> int:
+    """Bytes a tensor takes in the file: 4-bit types pack two values a byte (NumPy, and so
+    ``to_array``, holds each in a byte of its own)."""
+    from onnx import TensorProto
+
+    if tensor.data_type in (TensorProto.INT4, TensorProto.UINT4):
+        return (int(np.prod(tensor.dims, dtype=np.int64)) + 1) // 2
+    return numpy_helper.to_array(tensor).nbytes
 
 
 def weight_only_int8(model, op_types: set[str]) -> int:

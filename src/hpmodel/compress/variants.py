@@ -4,11 +4,11 @@ Each variant folder looks like a run directory (so ``hpmodel evaluate`` scores i
 
     VARIANT/config.toml        the source run's config (model sizes, data)
     VARIANT/variant.json       {"mode", "format": "onnx" | "torch", "dtype", "apply", ...}
-    VARIANT/model.onnx         ONNX Runtime file (int8, float16 or float32), when exported
+    VARIANT/model.onnx         ONNX Runtime file (int8, int4, float16 or float32), when exported
     VARIANT/model.safetensors  PyTorch weights (float32, float16, bf16; pruned ones smaller)
 
-The heavy lifting is delegated: ONNX Runtime quantizes and runs ONNX files, torchao fakes
-quantization for QAT, ``torch.nn.utils.prune`` prunes, the Trainer fine-tunes.
+The heavy lifting is delegated: ONNX Runtime quantizes (int4: :mod:`~hpmodel.compress.int4`)
+and runs ONNX files, torchao fakes quantization for QAT, ``torch.nn.utils.prune`` prunes, the Trainer fine-tunes.
 
 Example::
 
@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.compress import export, fake_quant, onnx_graph, prune, quantize, structured
+from hpmodel.compress import export, fake_quant, int4, onnx_graph, prune, quantize, structured
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.files import load_weights, read_json, save_weights, write_json
 from hpmodel.datasets import load_splits
@@ -41,8 +41,9 @@ import importlib.util
 
 CPU_MODES = ("fp32", "dynamic-int8", "static-int8", "float16", "bf16", "qat", "prune", "prune-int8",
              "structured")
-GPU_MODES = ("fp8", "sparse-2:4")
-MODES = CPU_MODES + GPU_MODES
+GPU_MODES = ("fp8", "sparse-2:4", "int4-torchao")
+LM_MODES = ("fp32", "int4", "int4-torchao")  # what a GPT (train.task = "causal-lm") run gets
+MODES = CPU_MODES + ("int4",) + GPU_MODES
 
 
 @dataclass
@@ -57,8 +58,12 @@ class CompressOptions:
     calibration_batches: int = 8
     calibration_batch_size: int = 64
     calibration_method: str = "minmax"
+    int4_block_size: int = 32  # weights per int4 scale (ORT MatMulNBits; torchao's group size)
+    int4_accuracy_level: int = 0  # MatMulNBits: 0 fp32 compute, 4 int8 activations
+    int4_embeddings: bool = True  # token / position tables as int4 GatherBlockQuantized too
 
     def __post_init__(self):
+        int4.check_options(self.int4_block_size, self.int4_accuracy_level)
         unknown = [m for m in self.modes if m not in MODES]
         if unknown:
             raise HpmodelError(f"compression mode(s) {', '.join(unknown)} unknown: choose from "
@@ -136,7 +141,8 @@ def _fp32(source, options, folder):
 # Python packages each mode needs beyond torch (the GPU machines may lack the ONNX stack)
 REQUIREMENTS = {"dynamic-int8": ("onnx", "onnxruntime"), "static-int8": ("onnx", "onnxruntime"),
                 "float16": ("onnx", "onnxruntime"), "qat": ("torchao", "onnx", "onnxruntime"),
-                "prune-int8": ("onnx", "onnxruntime")}
+                "prune-int8": ("onnx", "onnxruntime"), "int4": ("onnx", "onnxruntime"),
+                "int4-torchao": ("torchao",)}
 
 
 def missing_packages(mode: str) -> list[str]:
@@ -154,11 +160,11 @@ def _export_if_possible(source, model, folder) -> None:
     """The ONNX copy of a PyTorch variant, for ORT latency; skipped where ``onnx`` is missing."""
 
     if importlib.util.find_spec("onnx") is not None:
-        export.export_onnx(model, source.splits.input_shape, folder / "model.onnx")
+        int4.export_run_model(source, model, folder / "model.onnx")
 
 
 def _onnx_fp32(source, model, folder) -> Path:
-    return export.export_onnx(model, source.splits.input_shape, folder / "model.fp32.onnx")
+    return int4.export_run_model(source, model, folder / "model.fp32.onnx")
 
 
 def _dynamic_int8(source, options, folder):
@@ -283,6 +289,7 @@ BUILDERS: dict[str, Callable] = {
     "fp32": _fp32, "dynamic-int8": _dynamic_int8, "static-int8": _static_int8, "float16": _float16,
     "bf16": _bf16, "qat": _qat, "prune": _prune, "prune-int8": _prune_int8,
     "structured": _structured, "fp8": _fp8, "sparse-2:4": _sparse_24,
+    "int4": int4.build_int4, "int4-torchao": int4.build_torchao_int4,
 }
 
 
@@ -353,6 +360,8 @@ def load_torch_variant(folder: Path, info: dict, device: str = "cpu",
         model = quantize.to_float8(model)
     elif apply == "sparse-2:4":
         model = prune.apply_semi_structured(model, to_sparse=True)
+    elif apply == "int4":
+        model = int4.apply_torchao_int4(model, info.get("group_size", 32))
     return TorchPredictor(model, splits.input_shape, folder)
 
 
@@ -371,7 +380,8 @@ class TorchPredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         export.check_torch_input(self.input_shape, x, f"variant '{self.folder}'")
         with torch.no_grad():
-            return self.model(x.to(self.device, self.dtype)).float()
+            x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
+            return self.model(x).float()  # token ids stay integers
 
 
 def evaluate_variant(folder: str | Path, split: str = "test",
@@ -388,12 +398,13 @@ def evaluate_variant(folder: str | Path, split: str = "test",
     data = getattr(load_splits(cfg.data, cfg.seed), split)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     predict, _ = load_variant(folder, device=device, trust_model_target=trust_model_target)
+    if int4.is_language_model(cfg):  # loss, perplexity, bits per byte over token windows
+        return {f"{split}_{k}": v for k, v in int4.evaluate_lm(predict, data).items()}
     logits = torch.cat([predict(x).cpu() for x in data.x.split(256)])
     loss = nn.functional.cross_entropy(logits, data.y).item()
     accuracy = (logits.argmax(-1) == data.y).float().mean().item()
     return {f"{split}_accuracy": accuracy, f"{split}_loss": loss, f"{split}_examples": len(data)}
 
 
-__all__ = ["CPU_MODES", "GPU_MODES", "MODES", "CompressOptions", "SourceRun", "build_variant",
-           "missing_packages",
-           "evaluate_variant", "fine_tune", "qat_model", "is_variant", "load_source", "load_variant"]
+__all__ = ["CPU_MODES", "GPU_MODES", "LM_MODES", "MODES", "CompressOptions", "SourceRun", "build_variant",
+           "missing_packages", "evaluate_variant", "fine_tune", "qat_model", "is_variant", "load_source", "load_variant"]

@@ -32,6 +32,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         row["x_smaller_gzip"] = base["gzip_bytes"] / row["gzip_bytes"]
         if "test_accuracy" in row and "test_accuracy" in base:
             row["accuracy_change"] = row["test_accuracy"] - base["test_accuracy"]
+        if "test_perplexity" in row and "test_perplexity" in base:  # a GPT: relative change
+            row["perplexity_change"] = row["test_perplexity"] / base["test_perplexity"] - 1
         for batch in (1, 64):
             fastest = _fastest_cpu_ms(base, batch)
             own = _fastest_cpu_ms(row, batch)
@@ -80,6 +82,7 @@ COLUMNS = ("mode", "format", "dtype", "test_accuracy", "parameters", "bytes", "g
            "ort_cpu_ms_b1", "ort_cpu_ms_b64", "torch_cpu_ms_b1", "torch_cpu_ms_b64",
            "torch_gpu_ms_b1", "torch_gpu_ms_b64", "x_smaller_gzip", "x_smaller_weights",
            "x_faster_vs_fastest_fp32_b1", "x_faster_vs_fastest_fp32_b64")
+LM_COLUMNS = ("test_bits_per_byte", "test_perplexity", "perplexity_change")  # GPT runs only
 
 
 def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str,
@@ -90,10 +93,11 @@ def markdown(rows: list[dict[str, Any]], skipped: dict[str, str], title: str,
         return "–" if value is None else (f"{value:,}" if isinstance(value, int) else str(value))
 
     env = environment()
+    columns = COLUMNS[:4] + tuple(c for c in LM_COLUMNS if any(c in r for r in rows)) + COLUMNS[4:]
     lines = [f"# {title}", "", f"{env['date']} · torch {env['torch']} · {env['cpu_count']} CPUs · "
              f"GPU: {env['gpu'] or 'none'}", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     latency, seeds = (summary or {}).get("latency", {}), (summary or {}).get("seeds", {})
     timed = f"of {latency['timed_calls']} timed calls " if latency.get("timed_calls") else ""
     lines += ["", f"Latencies are median milliseconds per call {timed}after warm-up calls at each "

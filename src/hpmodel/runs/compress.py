@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from hpmodel.compress import variants
+from hpmodel.compress.int4 import is_language_model
 from hpmodel.compress.measure import measure_variant
 from hpmodel.kernel.locks import DirectoryLock, make_directory
 from hpmodel.kernel.quiet import quiet_compress
@@ -41,7 +42,12 @@ def _compress(run_dir, out_dir: Path, options, repeats: int, trust_model_target:
     source = variants.load_source(run_dir, trust_model_target)
     modes = ["fp32"] + [m for m in options.modes if m != "fp32"]
     rows, skipped = [], {}
+    language_model = is_language_model(source.cfg)
     for mode in progress(modes):
+        if language_model != (mode in variants.LM_MODES) and mode != "fp32":
+            skipped[mode] = (f"not built for GPT (causal-lm) runs yet: use --modes {','.join(variants.LM_MODES)}"
+                             if language_model else "weight-only int4 is for GPT (causal-lm) runs")
+            continue
         if mode in variants.GPU_MODES and not torch.cuda.is_available():
             skipped[mode] = "needs a CUDA GPU (run on the GPU machine)"
             continue
@@ -51,10 +57,12 @@ def _compress(run_dir, out_dir: Path, options, repeats: int, trust_model_target:
         with quiet_compress():  # torchao's and ONNX Runtime's notices about this machine
             folder = variants.build_variant(source, mode, out_dir, options)
             rows.append(measure_variant(folder, repeats=repeats, trust_model_target=trust_model_target))
+    for mode, why in skipped.items():
+        print(f"compress: skipped {mode}: {why}", file=sys.stderr, flush=True)
     summary = write_report(out_dir, rows, skipped, title=f"hpmodel compress {run_dir}",
                            repeats=repeats, seed=source.cfg.seed)
-    columns = ("mode", "test_accuracy", "parameters", "bytes", "gzip_bytes", "ort_cpu_ms_b64",
-               "torch_cpu_ms_b64", "x_smaller_gzip")
+    columns = ("mode", "test_accuracy", "test_bits_per_byte", "test_perplexity", "parameters", "bytes",
+               "gzip_bytes", "ort_cpu_ms_b64", "torch_cpu_ms_b64", "x_smaller_gzip", "x_smaller_weights")
     print_rows([{k: r.get(k) for k in columns if k in r} for r in rows], title=f"hpmodel compress → {out_dir}")
     return summary
 
