@@ -7,7 +7,7 @@ set -uo pipefail
 out=$1 tag=$2; shift 2
 work="$out/work-$tag"
 mkdir -p "$work"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$work/gpus.csv" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$work/gpus.csv"
 for item in "$@"; do

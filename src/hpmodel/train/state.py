@@ -22,6 +22,7 @@ class TrainState:
     epochs: int
     steps_per_epoch: int  # optimizer steps per epoch
     total_steps: int
+    sized: bool = True  # the epoch's length is known (so is its last step)
     epoch: int = 0
     step_in_epoch: int = 0  # optimizer steps done in the current epoch
     global_step: int = 0

@@ -70,6 +70,43 @@ class RunningSums:
         return torch.isfinite(self.totals[0] + self.window[0])
 
 
+class WindowLogs:
+    """Turns a log window's replica-reduced sums into its log line: the task's metrics, the
+    learning rate and the rates, as of the window's last step (``step``)."""
+
+    def __init__(self, trainer: "Trainer", state: TrainState, seconds: float):
+        self.trainer, self.state, self.seconds = trainer, state, max(seconds, 1e-9)
+        self.step, self.lr = state.global_step, state.optimizer.param_groups[0]["lr"]
+
+    def __call__(self, sums: list[float]) -> dict[str, float]:
+        scores = self.trainer.task.summarize(sums)
+        self.trainer.check_finite(self.state, scores["loss"], step=self.step)
+        logs = {k: v for k, v in scores.items() if k not in ("examples", "tokens")}
+        logs.update(step=self.step, lr=self.lr,
+                    examples_per_second=scores["examples"] / self.seconds)
+        if "tokens" in scores:
+            logs["tokens_per_second"] = scores["tokens"] / self.seconds
+        return logs
+
+
+class PendingWindow:
+    """A log window's sums on their way to the host: copied without blocking at the log
+    step and read at the next step's end. By then the device has finished the log step and
+    still has the next one queued, so the read never leaves it idle — a blocking read at
+    the log step drained the stream (the plain loops read nothing)."""
+
+    def __init__(self, sums: torch.Tensor, logs: WindowLogs):
+        self.host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
+        self.host.copy_(sums, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+        self.logs = logs
+
+    def read(self) -> dict[str, float]:
+        self.copied.synchronize()
+        return self.logs(self.host.tolist())
+
+
 class Trainer:
     """Runs training and evaluation under a strategy.
 
@@ -220,7 +257,7 @@ class Trainer:
                           optimizer=optimizer,
                           scheduler=scheduler, scaler=grad_scaler(self.precision, self.strategy.device),
                           train_data=train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                          total_steps=total_steps)
+                          total_steps=total_steps, sized=count >= 0)
 
     def as_batches(self, data, shuffle: bool) -> Batches:
         """Any accepted input as batches of the global batch size (:func:`.batches.to_batches`)."""
@@ -252,6 +289,7 @@ class Trainer:
         state.extra["finite"] = sums.finite  # what a backup reads before it writes
         window_start = epoch_start = time.perf_counter()
         waited = 0.0  # seconds the loop spent waiting for its next batch
+        pending = None  # a log window read at the next step (see PendingWindow)
         while not state.stop_training:
             if self.max_steps and state.global_step >= self.max_steps:  # e.g. resumed at the end
                 state.stop_training = True
@@ -266,10 +304,16 @@ class Trainer:
             state.global_step += 1
             state.step_in_epoch += 1
             state.last_step_examples = sum(num_examples(b) for b in group) * state.strategy.num_replicas
-            logs = {}
+            logs = pending.read() if pending is not None else {}
+            pending = None
             if state.global_step % self.log_every_steps == 0:
-                logs = self.window_logs(state, sums.take_window(), time.perf_counter() - window_start)
+                window = self.strategy.reduce(sums.take_window(), "sum")
+                reader = WindowLogs(self, state, time.perf_counter() - window_start)
                 window_start = time.perf_counter()
+                if self.defers_logs(state, window):
+                    pending = PendingWindow(window, reader)
+                else:
+                    logs = reader(window.tolist())
             callbacks.call("on_step_end", state, logs)
             if self.max_steps and state.global_step >= self.max_steps:
                 state.stop_training = True
@@ -284,13 +328,14 @@ class Trainer:
             state.extra["throughput"] = {"tokens": epoch["tokens"],
                                          "tokens_per_second": epoch["tokens"] / seconds}
 
-    def check_finite(self, state: TrainState, loss: float) -> None:
+    def check_finite(self, state: TrainState, loss: float, step: int = -1) -> None:
         """Stop (one line, exit 2) when ``loss`` — the mean of a log window's or an epoch's
         summed, replica-reduced losses — is non-finite: NaN and inf survive the sums, so a
-        finite mean means every step it covers was finite."""
+        finite mean means every step it covers (up to ``step``) was finite."""
         if math.isfinite(loss):
             return
-        raise HpmodelError(f"the training loss became {loss} at step {state.global_step}: lower "
+        step = state.global_step if step < 0 else step
+        raise HpmodelError(f"the training loss became {loss} at step {step}: lower "
                            "optimizer.lr, enable train.clip_grad_norm, or use precision "
                            "bf16/fp32 (no backup of this state was written)")
 
@@ -334,15 +379,12 @@ class Trainer:
             sums += step_sums
         return sums
 
-    def window_logs(self, state: TrainState, window: torch.Tensor, seconds: float) -> dict[str, float]:
-        scores = self.task.summarize(self.strategy.reduce(window, "sum").tolist())
-        self.check_finite(state, scores["loss"])
-        logs = {k: v for k, v in scores.items() if k not in ("examples", "tokens")}
-        logs.update(lr=state.optimizer.param_groups[0]["lr"],
-                    examples_per_second=scores["examples"] / max(seconds, 1e-9))
-        if "tokens" in scores:
-            logs["tokens_per_second"] = scores["tokens"] / max(seconds, 1e-9)
-        return logs
+    def defers_logs(self, state: TrainState, window: torch.Tensor) -> bool:
+        """Read this log window one step later (a GPU's sums, not the epoch's last step, and
+        a next step that is no log step itself); else now, as on the CPU."""
+        last = (not state.sized or state.step_in_epoch >= state.steps_per_epoch
+                or bool(self.max_steps and state.global_step >= self.max_steps))
+        return window.is_cuda and self.log_every_steps > 1 and not last
 
     def evaluate_model(self, model: nn.Module, data) -> dict[str, float]:
         """The task's metrics (loss, accuracy, ...) over ``data``, reduced over all processes."""
