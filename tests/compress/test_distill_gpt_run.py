@@ -98,3 +98,47 @@ def test_resumes_from_backups_and_cli_errors(teacher, tmp_path):
     assert a["test_bits_per_byte"] == b["test_bits_per_byte"]
     with pytest.raises(ConfigError, match="distill.topk_indices"):
         load_distill_config(config, ['distill.topk_indices="int8"'])
+
+
+def test_noisy_student_rounds_and_many_on_many(teacher, tmp_path):
+    # noisy student: two rounds of a random-init student as deep as the teacher, noised
+    config = student_config(teacher, 'mode = "noisy-student"\nstudent_init = "random"\n'
+                                     "rounds = 2\ntoken_noise = 0.2\nstochastic_depth = 0.2\n")
+    cfg, dcfg = load_distill_config(config, ["model.depth=2"])
+    written = distill_from_config(cfg, dcfg, [str(teacher / "teacher")], tmp_path / "noisy")
+    assert list(written["seeds"][0]["distilled"]) == ["noisy round 1", "noisy round 2"]
+    assert written["primary"] == "noisy round 2"
+    # the saved model is the last round's clean student (no hooks): evaluate reproduces it
+    assert evaluate_run(tmp_path / "noisy")["test_bits_per_byte"] == pytest.approx(
+        written["test_bits_per_byte"])
+    assert written["test_bits_per_byte"] == written["seeds"][0]["distilled"]["noisy round 2"]["bits_per_byte"]
+    # many-on-many: one student per teacher
+    config = student_config(teacher, 'mode = "many-on-many"\nbaseline = false\n')
+    cfg, dcfg = load_distill_config(config)
+    both = [str(teacher / "teacher")] * 2
+    written = distill_from_config(cfg, dcfg, both, tmp_path / "many")
+    assert list(written["seeds"][0]["distilled"]) == ["from teacher 1", "from teacher 2"]
+    # what a GPT distillation does not run: one clear line each
+    for extra, match in (('mode = "noisy-student"\n', "student_init = 'random'"),
+                         ('mode = "many-on-many"\ntopk = 4\n', "distill.topk = 0")):
+        cfg, dcfg = load_distill_config(student_config(teacher, extra))
+        with pytest.raises(ConfigError, match=match):
+            distill_from_config(cfg, dcfg, [str(teacher / "teacher")], tmp_path / "bad")
+
+
+def test_token_noise_replaces_inputs_only_in_training():
+    import torch
+    from hpmodel.compress.lm_noisy import add_lm_noise
+    from hpmodel.models.gpt import GPT, GPTConfig
+
+    model = add_lm_noise(GPT(GPTConfig(width=16, depth=2, heads=2, seq_len=8, vocab_size=256)),
+                         token_noise=0.5, stochastic_depth=0.0)
+    seen = []
+    model[0].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    ids = torch.zeros(4, 8, dtype=torch.long)
+    model.eval()(ids)
+    assert torch.equal(seen[-1], ids)  # eval: clean
+    torch.manual_seed(0)
+    model.train()(ids)
+    changed = (seen[-1] != ids).float().mean().item()
+    assert 0.3 < changed < 0.7  # about half the tokens replaced (a few land on 0 again)

@@ -60,7 +60,8 @@ class DistillConfig:
     confidence_threshold: float = 0.0  # noisy-student: keep pool examples at least this sure
     noise_shift: int = 1  # noisy-student input shift, pixels
     noise_std: float = 0.05  # noisy-student input Gaussian noise
-    stochastic_depth: float = 0.1  # noisy-student, on residual blocks
+    stochastic_depth: float = 0.1  # noisy-student, on residual blocks (GPT: every block)
+    token_noise: float = 0.1  # noisy-student GPT: share of input tokens replaced at random
     latency_repeats: int = 20
     # Language models (train.task = "causal-lm"): docs/distillation.md, "GPT students".
     student_init: str = "teacher"  # teacher: copy embeddings, chosen blocks and head | random
@@ -83,9 +84,6 @@ class DistillConfig:
             raise ConfigError(f"distill.pseudo_labels = '{self.pseudo_labels}' is unknown: use soft or hard")
         if not 0 < self.labeled_fraction <= 1:
             raise ConfigError(f"distill.labeled_fraction = {self.labeled_fraction} must be in (0, 1]")
-        if self.mode == "noisy-student" and self.labeled_fraction == 1:
-            raise ConfigError("distill.mode = 'noisy-student' needs an unlabeled pool: set "
-                              "distill.labeled_fraction below 1 (e.g. 0.5)")
         for key, allowed in (("student_init", ("teacher", "random")), ("hidden_loss", HIDDEN_LOSSES),
                              ("topk_rest", TOPK_REST), ("topk_values", tuple(VALUE_DTYPES)),
                              ("topk_indices", tuple(INDEX_DTYPES))):
@@ -193,6 +191,9 @@ def _distill(cfg: RunConfig, dcfg: DistillConfig, teacher_dirs: list, out_dir: P
         check_teacher_data(cfg, teacher_cfg, run_dir)
     if cfg.train.task == "causal-lm":
         return distill_lm(cfg, dcfg, loaded, teacher_dirs, out_dir, started)
+    if dcfg.mode == "noisy-student" and dcfg.labeled_fraction == 1:
+        raise ConfigError("distill.mode = 'noisy-student' needs an unlabeled pool: set "
+                          "distill.labeled_fraction below 1 (e.g. 0.5)")
     teachers = [model for model, _ in loaded]
     splits = load_splits(cfg.data, cfg.seed)
     labeled, pool_x = split_pool(splits.train, dcfg.labeled_fraction, cfg.seed)

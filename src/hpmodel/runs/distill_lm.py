@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
+from hpmodel.compress.distill import freeze
 from hpmodel.compress.lm_distill import LMDistiller
+from hpmodel.compress.lm_noisy import add_lm_noise
 from hpmodel.compress.student import check_layers, every_other, student_from_teacher
 from hpmodel.compress.topk import TopKSplit, write_topk
 from hpmodel.config import RunConfig
@@ -62,11 +64,12 @@ def student_run_config(cfg: RunConfig, dcfg, teacher: GPT) -> tuple[RunConfig, l
 
 class DistillerFactory:
     """A picklable ``() -> LMDistiller``: the student (from the teacher's blocks or random)
-    wrapped with its losses; ``teachers`` empty when the targets come from top-k shards."""
+    wrapped with its losses; ``teachers`` empty when the targets come from top-k shards;
+    ``noisy``: the student trains with token noise and stochastic depth (noisy student)."""
 
-    def __init__(self, dcfg, student_factory, teachers, layers, online: bool):
+    def __init__(self, dcfg, student_factory, teachers, layers, online: bool, noisy: bool = False):
         self.dcfg, self.student_factory, self.layers = dcfg, student_factory, layers
-        self.teachers, self.online = list(teachers), online
+        self.teachers, self.online, self.noisy = list(teachers), online, noisy
 
     def __call__(self) -> LMDistiller:
         d = self.dcfg
@@ -74,6 +77,8 @@ class DistillerFactory:
             student = student_from_teacher(self.teachers[0], self.layers)
         else:
             student = self.student_factory()
+        if self.noisy:
+            student = add_lm_noise(student, d.token_noise, d.stochastic_depth)
         hard = 1 - d.alpha if d.hard_weight < 0 else d.hard_weight
         return LMDistiller(student, self.teachers if self.online else [],
                            temperature=d.temperature, soft=d.alpha, hard=hard,
@@ -101,7 +106,8 @@ def evaluate_lm(model: torch.nn.Module, test) -> dict[str, float]:
 
 
 def variants(dcfg) -> list[tuple[str, bool]]:
-    """``(name, online)`` of each distilled student to train: top-k first when asked for."""
+    """``(name, online)`` of each distilled student to train: top-k first when asked for
+    (mode ``average``; the other modes train online students, see :func:`train_students`)."""
     names = []
     if dcfg.topk:
         names.append((f"top-{dcfg.topk}", False))
@@ -128,6 +134,7 @@ def callbacks_for(cfg: RunConfig, dcfg, out_dir: Path, seed: int, name: str, log
 def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
                started: float) -> dict[str, Any]:
     """The GPT distillation run (see the module docstring); returns summary.json's content."""
+    check_lm_modes(dcfg)
     teachers = [model for model, _ in loaded]
     if not all(isinstance(t, GPT) for t in teachers):
         raise ConfigError("train.task = 'causal-lm' distills GPT teachers: give --teacher runs "
@@ -150,15 +157,11 @@ def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
     records, saved = [], {}
     for seed in [int(s) for s in dcfg.seeds] or [cfg.seed]:
         run_cfg = dataclasses.replace(cfg, seed=seed)
-        scores: dict[str, Any] = {}
-        for index, (name, online) in enumerate(variants(dcfg)):
-            trainer = build_trainer(run_cfg, strategy, callbacks_for(
-                cfg, dcfg, out_dir, seed, name, log=not records and index == 0))
-            data = splits.train if online else TopKSplit(splits.train, topk["dir"])
-            factory = DistillerFactory(dcfg, random_student, teachers, layers, online)
-            result = trainer.fit(factory, optimizer, data, epochs=cfg.train.epochs)
-            scores[name] = (evaluate_lm(result.model.student, splits.test), result.summary)
-            saved.setdefault(name, result.model.student)
+        trained = train_students(cfg, dcfg, run_cfg, strategy, optimizer, random_student, teachers,
+                                 layers, splits, topk, out_dir, log=not records)
+        scores = {name: (test, summary) for name, (test, summary, _) in trained.items()}
+        for name, (_, _, student) in trained.items():
+            saved.setdefault(name, student)
         scratch = None
         if dcfg.baseline:
             result = build_trainer(run_cfg, strategy, callbacks_for(
@@ -167,14 +170,69 @@ def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
             scratch = (evaluate_lm(result.model, splits.test), result.summary)
             saved.setdefault("scratch", result.model)
         records.append(lm_seed_record(seed, teacher_scores, scores, scratch))
-    files = save_lm_students(out_dir, student_cfg, saved, variants(dcfg)[0][0])
+    primary = primary_student(dcfg, list(records[0]["distilled"]))
+    files = save_lm_students(out_dir, student_cfg, saved, primary)
     speed = {name: tokens_per_second(model, cfg.data.batch_size, device=device, bf16=bf16)
-             for name, model in (("teacher", teachers[0]), ("student", saved[variants(dcfg)[0][0]]))}
+             for name, model in (("teacher", teachers[0]), ("student", saved[primary]))}
     speed["device"] = str(device)
     summary = lm_summary(cfg, dcfg, records, teachers, saved, speed, topk, layers, files,
-                         teacher_dirs, started)
+                         teacher_dirs, started, primary)
     write_lm_report(out_dir, summary, title=f"hpmodel distill → {out_dir}")
     return summary
+
+
+def train_students(cfg, dcfg, run_cfg, strategy, optimizer, random_student, teachers, layers,
+                   splits, topk, out_dir: Path, log: bool) -> dict[str, tuple]:
+    """``name → (test metrics, fit summary, clean student)`` of every distilled student of one
+    seed, by ``distill.mode``: ``average`` (top-k and/or full logits of the teachers'
+    average), ``many-on-many`` (one student per teacher) or ``noisy-student`` (``rounds``
+    noised students, each the next one's teacher)."""
+
+    def fit(name: str, factory: DistillerFactory, data, index: int) -> tuple:
+        trainer = build_trainer(run_cfg, strategy, callbacks_for(
+            cfg, dcfg, out_dir, run_cfg.seed, name, log=log and index == 0))
+        result = trainer.fit(factory, optimizer, data, epochs=cfg.train.epochs)
+        student = result.model.student
+        if factory.noisy:  # the same weights without the noise hooks
+            student = random_student()
+            student.load_state_dict(result.model.student.state_dict())
+        return evaluate_lm(student, splits.test), result.summary, student
+
+    trained: dict[str, tuple] = {}
+    if dcfg.mode == "noisy-student":
+        current = teachers
+        for index in range(dcfg.rounds):
+            name = f"noisy round {index + 1}"
+            trained[name] = fit(name, DistillerFactory(dcfg, random_student, current, layers,
+                                                       online=True, noisy=True), splits.train, index)
+            current = [freeze(trained[name][2])]
+    elif dcfg.mode == "many-on-many":
+        for index, teacher in enumerate(teachers):
+            name = f"from teacher {index + 1}"
+            trained[name] = fit(name, DistillerFactory(dcfg, random_student, [teacher], layers,
+                                                       online=True), splits.train, index)
+    else:
+        for index, (name, online) in enumerate(variants(dcfg)):
+            data = splits.train if online else TopKSplit(splits.train, topk["dir"])
+            trained[name] = fit(name, DistillerFactory(dcfg, random_student, teachers, layers,
+                                                       online), data, index)
+    return trained
+
+
+def primary_student(dcfg, names: list[str]) -> str:
+    """The student saved as the run's model: the last noisy round, else the first student."""
+    return names[-1] if dcfg.mode == "noisy-student" else names[0]
+
+
+def check_lm_modes(dcfg) -> None:
+    """One line for the combinations a GPT distillation does not run."""
+    if dcfg.mode != "average" and dcfg.topk:
+        raise ConfigError(f"distill.topk works with distill.mode = 'average', not '{dcfg.mode}': "
+                          "set distill.topk = 0 (full logits)")
+    if dcfg.mode == "noisy-student" and dcfg.student_init != "random":
+        raise ConfigError("distill.mode = 'noisy-student' trains each round's student from "
+                          "scratch (as large as the teacher or larger): set "
+                          "distill.student_init = 'random'")
 
 
 def save_lm_students(out_dir: Path, student_cfg: RunConfig, saved: dict, primary: str) -> dict:
@@ -195,10 +253,10 @@ def parameter_bytes(model: torch.nn.Module) -> int:
 
 
 def lm_summary(cfg, dcfg, records, teachers, saved, speed, topk, layers, files, teacher_dirs,
-               started) -> dict[str, Any]:
+               started, primary: str) -> dict[str, Any]:
     """summary.json: the first seed's figures at the top (they are the saved model's), every
     seed in ``seeds``, mean and std over seeds, sizes, speeds and the top-k memory."""
-    first, primary = records[0], variants(dcfg)[0][0]
+    first = records[0]
     model = saved[primary]
     summary = {"task": "causal-lm", "steps": first["distilled"][primary]["steps"],
                "test_bits_per_byte": first["distilled"][primary]["bits_per_byte"],
@@ -226,4 +284,4 @@ def lm_summary(cfg, dcfg, records, teachers, saved, speed, topk, layers, files, 
     return summary
 
 
-__all__ = ["DistillerFactory", "distill_lm", "evaluate_lm", "student_run_config"]
+__all__ = ["DistillerFactory", "distill_lm", "evaluate_lm", "student_run_config", "train_students"]
