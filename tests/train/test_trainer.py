@@ -55,6 +55,39 @@ def test_mixed_precision_trains(digits, precision):
     assert result.history[-1]["val_accuracy"] > 0.85
 
 
+def test_one_micro_batch_steps_equal_a_plain_loop_bit_for_bit(digits):
+    trainer = hm.Trainer(strategy=hm.get_strategy("one-device", device="cpu"), progress=False,
+                         batch_size=64, seed=5)
+    result = trainer.fit(tiny_model, sgd, digits.train, epochs=1)
+    torch.manual_seed(5)  # the Trainer seeds before it builds the model
+    model = tiny_model()
+    optimizer = sgd(model.parameters())
+    batches = trainer.as_batches(digits.train, shuffle=True)  # the same order (seed, epoch 0)
+    batches.set_epoch(0)
+    for x, y in batches:
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert torch.equal(flat(result.model), flat(model))
+
+
+def test_callbacks_skip_only_the_base_no_ops():
+    from hpmodel.train.callbacks import CallbackList
+
+    calls = []
+
+    class StepEnd(Callback):
+        def on_step_end(self, state, logs): calls.append("step_end")
+
+    assigned = Callback()
+    assigned.on_step_begin = lambda state: calls.append("assigned")  # an instance's own hook
+    callbacks = CallbackList([Callback(), StepEnd(), assigned])
+    assert len(callbacks.methods["on_step_end"]) == 1 and len(callbacks.methods["on_epoch_end"]) == 0
+    callbacks.call("on_step_begin", None)
+    callbacks.call("on_step_end", None, {})
+    assert calls == ["assigned", "step_end"]
+
+
 def test_history_metrics_and_early_stopping(digits):
     class Record(Callback):
         def __init__(self):

@@ -35,15 +35,30 @@ class Callback:
     def on_step_end(self, state, logs: dict[str, Any]) -> None: ...
 
 
+HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
+         "on_step_end")
+
+
 class CallbackList:
-    """Calls a hook on each callback in order: ``callbacks.call("on_epoch_end", state, logs)``."""
+    """Calls a hook on each callback in order: ``callbacks.call("on_epoch_end", state, logs)``.
+
+    The callbacks are fixed at construction; each hook's methods are looked up once, less
+    the base class's no-ops, since the step hooks run at every step."""
 
     def __init__(self, callbacks):
-        self.callbacks = list(callbacks)
+        self.callbacks = tuple(callbacks)
+        self.methods = {hook: overriding(self.callbacks, hook) for hook in HOOKS}
 
     def call(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(*args)
+        for method in self.methods[hook]:
+            method(*args)
+
+
+def overriding(callbacks, hook: str) -> list[Callable]:
+    """The ``hook`` methods of ``callbacks`` other than :class:`Callback`'s own empty one."""
+    methods = [getattr(callback, hook) for callback in callbacks]
+    return [method for method in methods
+            if getattr(method, "__func__", None) is not getattr(Callback, hook)]
 
 
 class EarlyStopping(Callback):

@@ -363,21 +363,32 @@ class Trainer:
         """Forward and backward of each batch of ``group``; returns the task's sums."""
         device = state.strategy.device
         group = [move_to(batch, device) for batch in group]
-        weights = [self.task.weight(batch) for batch in group]
-        total = sum(weights)  # examples or tokens: each micro-batch counts by its share
-        sums = torch.zeros(SUMS, dtype=torch.float64, device=device)
+        shares = self.loss_shares(group)
+        sums = None
         for index, batch in enumerate(group):
             last = index == len(group) - 1
             sync = contextlib.nullcontext() if last else state.strategy.no_sync(state.model)
             with sync:
                 with autocast(self.precision, device):
                     loss, step_sums = state.task_step(state.model, batch)
-                scaled = loss * (weights[index] / total)
+                if shares is not None:
+                    loss = loss * shares[index]
                 if state.scaler is not None:
-                    scaled = state.scaler.scale(scaled)
-                state.strategy.backward(scaled)
-            sums += step_sums
+                    loss = state.scaler.scale(loss)
+                state.strategy.backward(loss)
+            sums = step_sums if sums is None else sums + step_sums
         return sums
+
+    def loss_shares(self, group: list) -> list | None:
+        """Each micro-batch's share of the step's examples or tokens, by which its loss is
+        scaled so that the accumulated gradient equals the large batch's. None for a
+        single micro-batch: its share is exactly 1, and a multiply by 1 would still cost a
+        kernel and an autograd node at every step (the same gradient, bit for bit)."""
+        if len(group) == 1:
+            return None
+        weights = [self.task.weight(batch) for batch in group]
+        total = sum(weights)
+        return [weight / total for weight in weights]
 
     def defers_logs(self, state: TrainState, window: torch.Tensor) -> bool:
         """Read this log window one step later (a GPU's sums, not the epoch's last step, and
