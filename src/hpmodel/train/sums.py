@@ -5,15 +5,12 @@ Plain PyTorch (pinned memory, non-blocking copies, CUDA events) does the work.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from hpmodel.models.tasks import SUMS
 from hpmodel.train.state import TrainState
-
-if TYPE_CHECKING:
-    from hpmodel.train.trainer import Trainer
 
 
 class RunningSums:
@@ -41,7 +38,7 @@ class WindowLogs:
     """Turns a log window's replica-reduced sums into its log line: the task's metrics, the
     learning rate and the rates, as of the window's last step (``step``)."""
 
-    def __init__(self, trainer: "Trainer", state: TrainState, seconds: float):
+    def __init__(self, trainer: Any, state: TrainState, seconds: float):  # a Trainer
         self.trainer, self.state, self.seconds = trainer, state, max(seconds, 1e-9)
         self.step, self.lr = state.global_step, state.optimizer.param_groups[0]["lr"]
 
