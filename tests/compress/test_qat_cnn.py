@@ -58,3 +58,30 @@ def test_qat_runs_and_exports(tmp_path):
     folder = build_variant(source, "qat", tmp_path / "variants", options)
     assert (folder / "model.onnx").is_file()
     assert 0.0 <= evaluate_variant(folder)["test_accuracy"] <= 1.0
+
+
+def test_per_tensor_weights_in_fake_quant_and_in_the_int8_file(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    weight = torch.randn(4, 1, 3, 3) * torch.tensor([1.0, 0.01, 0.1, 10.0]).reshape(-1, 1, 1, 1)
+    quantized = fake_quant.fake_quantize_weight(weight, per_channel=False)
+    steps = quantized / (weight.abs().max() / 127)  # one scale: the small channels round to 0
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
+    assert torch.count_nonzero(quantized[1]) == 0 < torch.count_nonzero(fake_quant.fake_quantize_weight(weight)[1])
+    run = _train(tmp_path / "run", MOBILENET[:1] + ["model.options={width=4, depth=2}", "optimizer.lr=0.01",
+                                                    "data.num_examples=256"], epochs=1)
+    source = load_source(run)
+    scales = {}
+    for kind in ("per-channel", "per-tensor"):
+        options = CompressOptions(modes=["qat"], fine_tune_epochs=1, calibration_batches=2, weight_scales=kind)
+        folder = build_variant(source, "static-int8", tmp_path / kind, options)
+        graph = onnx.load(str(folder / "model.onnx")).graph
+        weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+        dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+        values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        scales[kind] = [values[n.input[1]].size for n in dq]
+        assert 0.0 <= evaluate_variant(folder)["test_accuracy"] <= 1.0
+    assert max(scales["per-tensor"]) == 1 < max(scales["per-channel"])
+    options = CompressOptions(modes=["qat"], fine_tune_epochs=1, weight_scales="per-tensor")
+    assert "per-tensor" in qat_model(source, options)[1]

@@ -25,6 +25,10 @@ def add_parser(sub) -> None:
                         help="int4 MatMulNBits compute: 0 fp32 (default), 4 int8 activations")
     parser.add_argument("--int4-fp32-embeddings", action="store_true",
                         help="keep the GPT's token / position tables fp32 (default: int4 too)")
+    parser.add_argument("--weight-scales", choices=["per-channel", "per-tensor"],
+                        default="per-channel",
+                        help="static-int8 and qat weight scales: per output channel (default) or "
+                             "one per tensor, for int8 accelerators without per-channel support")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per latency")
     add_trust_argument(parser)
     parser.set_defaults(run=run)
@@ -40,7 +44,8 @@ def run(args) -> int:
                               calibration_batches=args.calibration_batches,
                               int4_block_size=args.int4_block_size,
                               int4_accuracy_level=args.int4_accuracy_level,
-                              int4_embeddings=not args.int4_fp32_embeddings)
+                              int4_embeddings=not args.int4_fp32_embeddings,
+                              weight_scales=args.weight_scales)
     compress_run(args.run_dir, args.out, options, repeats=args.repeats,
                  trust_model_target=args.trust_model_target)
     return 0

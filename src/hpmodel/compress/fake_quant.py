@@ -1,4 +1,5 @@
-"""Per-channel int8 fake quantization of Conv and Linear layers, for QAT of CNNs.
+"""Int8 fake quantization of Conv and Linear layers (weights per channel or per tensor), for
+QAT of CNNs.
 
 torchao 0.18's ``QATConfig`` swaps ``nn.Linear`` and ``nn.Embedding`` only (its Conv2d QAT,
 pytorch/ao#4933, is MX-only and unmerged), so convolutions are fake-quantized here with
@@ -8,7 +9,8 @@ PyTorch's own ops, ``torch.fake_quantize_per_channel_affine`` and
 :func:`hpmodel.compress.quantize.quantize_onnx_static` deploys with ONNX Runtime:
 
 - weights: symmetric int8 in [-127, 127], one scale per output channel, scale = max|w| / 127
-  (ORT's symmetric ``QInt8``); BatchNorm is folded into the conv first, as the ONNX export does;
+  (ORT's symmetric ``QInt8``), or one scale per tensor (``per_channel=False``, ORT's
+  ``per_channel=False``); BatchNorm is folded into the conv first, as the ONNX export does;
 - Conv inputs: asymmetric uint8 per tensor over a range that contains 0, scale =
   (max − min) / 255, zero point round(−min / scale) (ORT's ``MinMax`` calibration); the range
   is a moving average of batch minima and maxima during fine-tuning, frozen in eval mode;
@@ -30,8 +32,13 @@ CONVS = (nn.Conv1d, nn.Conv2d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 per output channel (axis 0), straight-through gradient."""
+def fake_quantize_weight(weight: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """Symmetric int8 per output channel (axis 0) or, ``per_channel=False``, one scale for
+    the whole tensor (hardware with per-tensor int8 only); straight-through gradient."""
+    if not per_channel:
+        amax = weight.detach().abs().max()
+        scale = float(amax / 127.0) if amax > 0 else 1.0
+        return torch.fake_quantize_per_tensor_affine(weight, scale, 0, -127, 127)
     amax = weight.detach().flatten(1).abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
     zero = torch.zeros_like(scale, dtype=torch.int32)
@@ -54,9 +61,9 @@ class FakeQuantized(nn.Module):
         layer = FakeQuantized(nn.Conv2d(8, 8, 3, groups=8))
     """
 
-    def __init__(self, layer: nn.Module, momentum: float = 0.01):
+    def __init__(self, layer: nn.Module, momentum: float = 0.01, per_channel: bool = True):
         super().__init__()
-        self.layer, self.momentum = layer, momentum
+        self.layer, self.momentum, self.per_channel = layer, momentum, per_channel
         self.dynamic = isinstance(layer, nn.Linear)  # ORT quantizes Linear inputs per call
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
@@ -69,7 +76,7 @@ class FakeQuantized(nn.Module):
             if self.training:
                 self._observe(x.detach())
             x = fake_quantize_uint8(x, self.low, self.high)
-        weight = fake_quantize_weight(self.layer.weight)
+        weight = fake_quantize_weight(self.layer.weight, self.per_channel)
         if isinstance(self.layer, nn.Linear):
             return nn.functional.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
@@ -125,8 +132,9 @@ class FoldedBatchNorm(nn.BatchNorm2d):
         return x
 
 
-def prepare(model: nn.Module) -> nn.Module:
-    """Wrap every Conv and Linear in :class:`FakeQuantized` (in place; returns ``model``).
+def prepare(model: nn.Module, per_channel: bool = True) -> nn.Module:
+    """Wrap every Conv and Linear in :class:`FakeQuantized` (in place; returns ``model``);
+    weights per output channel, or per tensor with ``per_channel=False``.
 
     Example::
 
@@ -134,9 +142,9 @@ def prepare(model: nn.Module) -> nn.Module:
     """
     for name, child in model.named_children():
         if isinstance(child, CONVS + (nn.Linear,)):
-            setattr(model, name, FakeQuantized(child))
+            setattr(model, name, FakeQuantized(child, per_channel=per_channel))
         elif not isinstance(child, FakeQuantized):
-            prepare(child)
+            prepare(child, per_channel)
     return model
 
 

@@ -113,7 +113,8 @@ LINEAR_KERNELS = ("dynamic", "static")
 
 def quantize_onnx_static(source: str | Path, target: str | Path, batches: Iterable[np.ndarray],
                          method: str = "minmax", activations: str = "uint8",
-                         quantize_bias: bool = False, linear: str = "dynamic") -> Path:
+                         quantize_bias: bool = False, linear: str = "dynamic",
+                         per_channel: bool = True) -> Path:
     """int8 weights (per channel) for every Conv and Linear; convolution activations calibrated
     on ``batches`` (QDQ: ORT fuses each DQ → Conv → Q into ``QLinearConv`` when it loads the file).
 
@@ -160,13 +161,13 @@ def quantize_onnx_static(source: str | Path, target: str | Path, batches: Iterab
 
     with _quiet_onnxruntime():
         quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=kinds[activations],
+                        per_channel=per_channel, activation_type=kinds[activations],
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
                         op_types_to_quantize=STATIC_OP_TYPES + (LINEAR_OP_TYPES if linear == "static" else []),
                         extra_options={"QuantizeBias": quantize_bias})
         if linear == "dynamic":
-            quantize_dynamic(str(target), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=LINEAR_OP_TYPES)
+            quantize_dynamic(str(target), str(target), weight_type=QuantType.QInt8,
+                             per_channel=per_channel, op_types_to_quantize=LINEAR_OP_TYPES)
     import onnx
 
     _finish(onnx.load(str(target)), target)

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ LM_MODES = ("fp32", "int4", "int4-torchao")  # what a GPT (train.task = "causal-
 MODES = CPU_MODES + ("int4",) + GPU_MODES
 
 
+WEIGHT_SCALES = ("per-channel", "per-tensor")
+
+
 @dataclass
 class CompressOptions:
     """How variants are built. Example: ``CompressOptions(modes=["qat"], fine_tune_epochs=3)``."""
@@ -58,12 +62,16 @@ class CompressOptions:
     calibration_batches: int = 8
     calibration_batch_size: int = 64
     calibration_method: str = "minmax"
+    weight_scales: str = "per-channel"  # static int8 and QAT: per-channel | per-tensor (int8-only NPUs/DSPs)
     int4_block_size: int = 32  # weights per int4 scale (ORT MatMulNBits; torchao's group size)
     int4_accuracy_level: int = 0  # MatMulNBits: 0 fp32 compute, 4 int8 activations
     int4_embeddings: bool = True  # token / position tables as int4 GatherBlockQuantized too
 
     def __post_init__(self):
         int4.check_options(self.int4_block_size, self.int4_accuracy_level)
+        if self.weight_scales not in WEIGHT_SCALES:
+            raise HpmodelError(f"weight scales '{self.weight_scales}' unknown: choose "
+                               f"{' or '.join(WEIGHT_SCALES)}")
         unknown = [m for m in self.modes if m not in MODES]
         if unknown:
             raise HpmodelError(f"compression mode(s) {', '.join(unknown)} unknown: choose from "
@@ -184,10 +192,11 @@ def _static(source, model, options, folder):
     fp32 = _onnx_fp32(source, model, folder)
     batches = quantize.calibration_batches(source.splits.train.x, options.calibration_batches,
                                            options.calibration_batch_size)
-    quantize.quantize_onnx_static(fp32, folder / "model.onnx", batches, options.calibration_method)
+    quantize.quantize_onnx_static(fp32, folder / "model.onnx", batches, options.calibration_method,
+                                  per_channel=options.weight_scales == "per-channel")
     return {"format": "onnx", "dtype": "int8", **_weight_sizes(fp32, folder / "model.onnx"),
             "calibration_batches": len(batches),
-            "calibration_method": options.calibration_method}
+            "calibration_method": options.calibration_method, "weight_scales": options.weight_scales}
 
 
 def _static_int8(source, options, folder):
@@ -217,7 +226,9 @@ def qat_model(source: SourceRun, options: CompressOptions, fake_quant_on: bool =
     model = source.fresh_model()
     if fake_quant.has_convolutions(model):
         model = fake_quant.fold_batch_norm(model.eval())
-        prepare, convert, kind = fake_quant.prepare, fake_quant.convert, "hpmodel per-channel (conv + linear)"
+        per_channel = options.weight_scales == "per-channel"
+        prepare = functools.partial(fake_quant.prepare, per_channel=per_channel)
+        convert, kind = fake_quant.convert, f"hpmodel {options.weight_scales} (conv + linear)"
     else:
         prepare, convert, kind = quantize.qat_prepare, quantize.qat_convert, "torchao (linear)"
     if not fake_quant_on:
