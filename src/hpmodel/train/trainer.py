@@ -260,6 +260,8 @@ class Trainer:
             callbacks.call("on_step_end", state, logs)
             if self.max_steps and state.global_step >= self.max_steps:
                 state.stop_training = True
+        if pending is not None:  # a callback stopped the run right after a log step
+            pending.read()  # its finiteness check still runs (the line itself is not logged)
         sums.take_window()
         epoch = self.task.summarize(self.strategy.reduce(sums.totals, "sum").tolist())
         self.check_finite(state, epoch["loss"])
