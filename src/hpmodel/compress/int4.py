@@ -132,7 +132,7 @@ def build_int4(source, options, folder: Path) -> dict[str, Any]:
     return {"format": "onnx", "dtype": "int4", "block_size": options.int4_block_size,
             "accuracy_level": options.int4_accuracy_level,
             "embeddings": "int4" if counts["gather_block_quantized"] else "fp32", **counts, **sizes,
-            "parameters": sum(p.numel() for p in source.model.parameters()),  # tied ones once
+            "int4_parameters": sum(p.numel() for p in source.model.parameters()),  # tied ones once
             "x_smaller_weights": sizes["fp32_weight_bytes"] / sizes["weight_bytes"]}
 
 

@@ -74,7 +74,7 @@ def measure_variant(folder: Path, repeats: int = 20, threads: int = 0,
     gpu_only = bool(info.get("apply")) and not torch.cuda.is_available()
     if not gpu_only:
         row.update(variants.evaluate_variant(folder, trust_model_target=trust_model_target))
-    row["parameters"] = info.get("parameters") or parameter_count(folder)  # int4 packs 2 a byte
+    row["parameters"] = info.get("int4_parameters") or parameter_count(folder)  # int4 packs 2 a byte
     main_file = folder / ("model.onnx" if info["format"] == "onnx" else "model.safetensors")
     row.update(file_sizes(main_file))
     if (folder / "model.onnx").is_file():
@@ -100,9 +100,11 @@ def measure_variant(folder: Path, repeats: int = 20, threads: int = 0,
 def _example_maker(folder: Path):
     """``batch -> input``: random floats, or random token ids (batch, seq_len) for a GPT."""
     cfg = load_config(folder / "config.toml")
-    shape = load_splits(cfg.data, cfg.seed).input_shape
-    if is_language_model(cfg):
-        return lambda batch: token_example(batch, shape, int(cfg.model.options.get("vocab_size", 256)))
+    splits = load_splits(cfg.data, cfg.seed)
+    shape = splits.input_shape
+    if is_language_model(cfg):  # the gpt's vocabulary: its option, else the data's classes
+        vocab = int(cfg.model.options.get("vocab_size", splits.num_classes))
+        return lambda batch: token_example(batch, shape, vocab)
     return lambda batch: torch.randn(batch, *shape)
 
 

@@ -97,17 +97,19 @@ def write_topk(teachers: Sequence[torch.nn.Module], split: Split, out_dir: str |
     out_dir = Path(out_dir)
     vocab = teachers[0].config.vocab_size
     check_format(k, vocab, value_dtype, index_dtype)
+    device = torch.device(device) if device is not None else next(teachers[0].parameters()).device
+    bf16 = bf16 and device.type == "cuda"
     settings = {"k": k, "temperature": float(temperature), "value_dtype": value_dtype,
                 "index_dtype": index_dtype, "records": len(split),
-                "teacher_weights": check_weights(weights, len(teachers)), **(describe or {})}
+                "teacher_weights": check_weights(weights, len(teachers)),
+                "teacher_precision": "bf16" if bf16 else "fp32", **(describe or {})}
     existing = read_manifest(out_dir)
     if existing and {key: existing.get(key) for key in settings} == settings:
         return existing
     for old in out_dir.glob("topk-*.shard"):
         old.unlink()
-    device = torch.device(device) if device is not None else next(teachers[0].parameters()).device
     teachers = [t.to(device).eval() for t in teachers]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     writer, shards, written = None, [], 0
     for rows in _batches(split, batch_size):
         ids = torch.stack([torch.as_tensor(example["input_ids"]) for _, _, example in rows])

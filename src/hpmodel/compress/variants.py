@@ -230,6 +230,10 @@ def qat_model(source: SourceRun, options: CompressOptions, fake_quant_on: bool =
         prepare = functools.partial(fake_quant.prepare, per_channel=per_channel)
         convert, kind = fake_quant.convert, f"hpmodel {options.weight_scales} (conv + linear)"
     else:
+        if options.weight_scales != "per-channel":
+            raise HpmodelError("--weight-scales per-tensor with qat needs a model with "
+                               "convolutions (torchao's QAT of Linear layers is per channel): "
+                               "drop --weight-scales or use static-int8")
         prepare, convert, kind = quantize.qat_prepare, quantize.qat_convert, "torchao (linear)"
     if not fake_quant_on:
         return fine_tune(source, model, options), "none (fp32 control)"

@@ -17,9 +17,9 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def second_metric(records: list[dict]) -> str:
-    """The right-hand panel's metric: accuracy where logged, else bits per byte (a language
-    model logs no token accuracy while training)."""
-    for name in ("accuracy", "bits_per_byte"):
+    """The right-hand panel's metric: bits per byte for a language model (which logs no token
+    accuracy while training), else accuracy."""
+    for name in ("bits_per_byte", "accuracy"):
         if any(name in r or f"val_{name}" in r for r in records):
             return name
     return "accuracy"

@@ -89,7 +89,7 @@ class DistillerFactory:
 
 def run_device(strategy) -> torch.device:
     """Where this run's models compute: the strategy's device (a GPU run's teachers write
-    their top-k and are timed there), the CPU for a strategy of several processes."""
+    their top-k and are timed there; for several processes, the first process's), else the CPU."""
     try:
         return torch.device(strategy.device)
     except (AttributeError, RuntimeError):
@@ -188,9 +188,11 @@ def train_students(cfg, dcfg, run_cfg, strategy, optimizer, random_student, teac
     average), ``many-on-many`` (one student per teacher) or ``noisy-student`` (``rounds``
     noised students, each the next one's teacher)."""
 
+    logged = dcfg.rounds - 1 if dcfg.mode == "noisy-student" else 0  # the saved student's
+
     def fit(name: str, factory: DistillerFactory, data, index: int) -> tuple:
         trainer = build_trainer(run_cfg, strategy, callbacks_for(
-            cfg, dcfg, out_dir, run_cfg.seed, name, log=log and index == 0))
+            cfg, dcfg, out_dir, run_cfg.seed, name, log=log and index == logged))
         result = trainer.fit(factory, optimizer, data, epochs=cfg.train.epochs)
         student = result.model.student
         if factory.noisy:  # the same weights without the noise hooks

@@ -96,8 +96,13 @@ class BackupAndRestore(Callback):
 
     def on_step_end(self, state, logs) -> None:
         self.raise_background_error()  # an attribute read: no sync, no wait
-        if self.every_steps and state.global_step % self.every_steps == 0:
+        if self.saves_at(state):
             self.save(state)
+
+    def saves_at(self, state) -> bool:
+        """Whether this step ends with a backup (the Trainer then logs the step at once, so
+        a run resumed from it has the step's log line)."""
+        return bool(self.every_steps and state.global_step % self.every_steps == 0)
 
     def on_epoch_end(self, state, logs) -> None:
         # A backup at the epoch's last step resumes by redoing only the epoch's end

@@ -63,7 +63,7 @@ class PendingWindow:
         self.host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
         self.host.copy_(sums, non_blocking=True)
         self.copied = torch.cuda.Event()
-        self.copied.record()
+        self.copied.record(torch.cuda.current_stream(sums.device))  # the copy's stream
         self.logs = logs
 
     def read(self) -> dict[str, float]:

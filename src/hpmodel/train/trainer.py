@@ -253,7 +253,7 @@ class Trainer:
                 window = self.strategy.reduce(sums.take_window(), "sum")
                 reader = WindowLogs(self, state, time.perf_counter() - window_start)
                 window_start = time.perf_counter()
-                if self.defers_logs(state, window):
+                if self.defers_logs(state, window, callbacks):
                     pending = PendingWindow(window, reader)
                 else:
                     logs = reader(window.tolist())
@@ -321,7 +321,12 @@ class Trainer:
                 if state.scaler is not None:
                     loss = state.scaler.scale(loss)
                 state.strategy.backward(loss)
-            sums = step_sums if sums is None else sums + step_sums
+            # A compiled step's outputs may live in buffers its next call reuses (CUDA
+            # graphs): with more micro-batches to come, keep an own copy of the first sums.
+            if sums is None:
+                sums = step_sums if last else step_sums.clone()
+            else:
+                sums = sums + step_sums
         return sums
 
     def loss_shares(self, group: list) -> list | None:
@@ -335,12 +340,14 @@ class Trainer:
         total = sum(weights)
         return [weight / total for weight in weights]
 
-    def defers_logs(self, state: TrainState, window: torch.Tensor) -> bool:
-        """Read this log window one step later (a GPU's sums, not the epoch's last step, and
-        a next step that is no log step itself); else now, as on the CPU."""
+    def defers_logs(self, state: TrainState, window: torch.Tensor, callbacks) -> bool:
+        """Read this log window one step later (a GPU's sums, not the epoch's last step, no
+        backup at this step, and a next step that is no log step itself); else now, as on
+        the CPU."""
         last = (not state.sized or state.step_in_epoch >= state.steps_per_epoch
                 or bool(self.max_steps and state.global_step >= self.max_steps))
-        return window.is_cuda and self.log_every_steps > 1 and not last
+        backup = any(getattr(c, "saves_at", lambda s: False)(state) for c in callbacks.callbacks)
+        return window.is_cuda and self.log_every_steps > 1 and not last and not backup
 
     def evaluate_model(self, model: nn.Module, data) -> dict[str, float]:
         """The task's metrics (loss, accuracy, ...) over ``data``, reduced over all processes."""
