@@ -164,3 +164,28 @@ def test_a_dataloader_is_one_clear_line():
                                        lambda p: torch.optim.SGD(p, lr=0.1), loader)
     with pytest.raises(hm.HpmodelError, match="from_dataset"):
         hm.get_strategy("one-device").distribute(loader)
+
+
+def test_which_log_windows_a_gpu_run_reads_one_step_late(tmp_path):
+    from types import SimpleNamespace
+
+    from hpmodel.train.backup import BackupAndRestore
+    from hpmodel.train.callbacks import CallbackList
+
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    trainer = hm.Trainer(log_every_steps=5, max_steps=0)
+    plain = CallbackList([])
+    backups = CallbackList([BackupAndRestore(tmp_path / "b", every_steps=10)])
+
+    def state(step_in_epoch, global_step, sized=True):
+        return SimpleNamespace(sized=sized, step_in_epoch=step_in_epoch, steps_per_epoch=20,
+                               global_step=global_step)
+
+    assert trainer.defers_logs(state(5, 5), cuda, plain)
+    assert not trainer.defers_logs(state(5, 5), cpu, plain)  # the CPU reads at once
+    assert not trainer.defers_logs(state(20, 20), cuda, plain)  # the epoch's last step
+    assert not trainer.defers_logs(state(5, 5, sized=False), cuda, plain)  # end unknown
+    assert not trainer.defers_logs(state(10, 10), cuda, backups)  # a backup at this step
+    assert trainer.defers_logs(state(5, 5), cuda, backups)
+    assert not hm.Trainer(log_every_steps=1).defers_logs(state(5, 5), cuda, plain)
+    assert not hm.Trainer(log_every_steps=5, max_steps=5).defers_logs(state(5, 5), cuda, plain)
