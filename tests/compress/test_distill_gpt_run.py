@@ -104,8 +104,10 @@ def test_noisy_student_rounds_and_many_on_many(teacher, tmp_path):
     # noisy student: two rounds of a random-init student as deep as the teacher, noised
     config = student_config(teacher, 'mode = "noisy-student"\nstudent_init = "random"\n'
                                      "rounds = 2\ntoken_noise = 0.2\nstochastic_depth = 0.2\n")
-    cfg, dcfg = load_distill_config(config, ["model.depth=2"])
+    cfg, dcfg = load_distill_config(config, ["model.depth=2", f'backup.dir="{tmp_path / "bk"}"',
+                                             "backup.every_steps=1"])
     written = distill_from_config(cfg, dcfg, [str(teacher / "teacher")], tmp_path / "noisy")
+    assert not list((tmp_path / "bk").glob("seed-*"))  # the rounds' backups, kept till the end, are gone
     assert list(written["seeds"][0]["distilled"]) == ["noisy round 1", "noisy round 2"]
     assert written["primary"] == "noisy round 2"
     # the saved model is the last round's clean student (no hooks): evaluate reproduces it

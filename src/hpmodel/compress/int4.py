@@ -87,15 +87,23 @@ def quantize_onnx_int4(source: str | Path, target: str | Path, block_size: int =
         quantize_onnx_int4("model.fp32.onnx", "model.onnx", block_size=32)["matmul_nbits"]  # 17
     """
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
 
     check_options(block_size, accuracy_level)
     ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=4,
-                                          accuracy_level=accuracy_level or None,
-                                          op_types_to_quantize=ops,
-                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer)
+
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=4,
+                                              accuracy_level=accuracy_level or None,
+                                              op_types_to_quantize=ops,
+                                              quant_axes=(("MatMul", 0), ("Gather", 1)))
+    except (ImportError, TypeError) as error:  # an ONNX Runtime older than this API
+        import onnxruntime
+
+        raise HpmodelError(f"int4 needs ONNX Runtime's MatMulNBitsQuantizer with op_types_to_quantize "
+                           f"and quant_axes (onnxruntime {onnxruntime.__version__} lacks them: "
+                           f"{error}): upgrade onnxruntime (tested with 1.32)") from None
     with quiet_onnxruntime(), _quiet_quantizer():  # a line per node at INFO, opset notes
         quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
         quantizer.process()

@@ -68,7 +68,8 @@ class CompressOptions:
     int4_embeddings: bool = True  # token / position tables as int4 GatherBlockQuantized too
 
     def __post_init__(self):
-        int4.check_options(self.int4_block_size, self.int4_accuracy_level)
+        if any(mode.startswith("int4") for mode in self.modes):
+            int4.check_options(self.int4_block_size, self.int4_accuracy_level)
         if self.weight_scales not in WEIGHT_SCALES:
             raise HpmodelError(f"weight scales '{self.weight_scales}' unknown: choose "
                                f"{' or '.join(WEIGHT_SCALES)}")

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,9 @@ def variants(dcfg) -> list[tuple[str, bool]]:
 
 def callbacks_for(cfg: RunConfig, dcfg, out_dir: Path, seed: int, name: str, log: bool) -> list:
     """The metrics log (first seed's first student) and, with ``backup.dir``, a backup per
-    seed and student, so a killed run resumes where it stopped."""
+    seed and student, so a killed run resumes where it stopped. A noisy student's round
+    keeps its backup until the run ends (:func:`remove_round_backups`): a run killed in
+    round 2 resumes round 1 at its end instead of retraining it (bit-exact on the CPU only)."""
     callbacks: list = [MetricsLogger(out_dir)] if log else []
     if cfg.backup.dir:
         fingerprint = {**config_fingerprint(cfg),
@@ -127,8 +130,16 @@ def callbacks_for(cfg: RunConfig, dcfg, out_dir: Path, seed: int, name: str, log
         callbacks.append(BackupAndRestore(folder, every_steps=cfg.backup.every_steps,
                                           every_epoch=cfg.backup.every_epoch,
                                           fresh_if_corrupt=cfg.backup.fresh_if_corrupt,
-                                          fingerprint=fingerprint))
+                                          fingerprint=fingerprint,
+                                          keep=name.startswith("noisy round")))
     return callbacks
+
+
+def remove_round_backups(cfg: RunConfig, dcfg) -> None:
+    """At the end of a noisy-student run: the rounds' backups, kept until now, go."""
+    if cfg.backup.dir and dcfg.mode == "noisy-student":
+        for folder in Path(cfg.backup.dir).glob("seed-*-noisy-round-*"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
@@ -178,6 +189,7 @@ def distill_lm(cfg: RunConfig, dcfg, loaded, teacher_dirs, out_dir: Path,
     summary = lm_summary(cfg, dcfg, records, teachers, saved, speed, topk, layers, files,
                          teacher_dirs, started, primary)
     write_lm_report(out_dir, summary, title=f"hpmodel distill → {out_dir}")
+    remove_round_backups(cfg, dcfg)
     return summary
 
 
