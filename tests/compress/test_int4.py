@@ -14,7 +14,8 @@ from conftest import run_cli
 from hpmodel.cli import main
 from hpmodel.compress import int4
 from hpmodel.compress.export import OnnxModel
-from hpmodel.compress.variants import CompressOptions, build_variant, evaluate_variant, load_source
+from hpmodel.compress.variant_load import evaluate_variant
+from hpmodel.compress.variants import CompressOptions, build_variant, load_source
 from hpmodel.config import load_config
 from hpmodel.data import write_text_shards
 from hpmodel.kernel.errors import ConfigError

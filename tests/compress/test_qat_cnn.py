@@ -8,7 +8,8 @@ from torch import nn
 from hpmodel.bench.compress import MOBILENET, _train
 from hpmodel.compress import fake_quant
 from hpmodel.compress.mobilenet import mobilenet
-from hpmodel.compress.variants import CompressOptions, build_variant, evaluate_variant, load_source, qat_model
+from hpmodel.compress.variant_load import evaluate_variant
+from hpmodel.compress.variants import CompressOptions, build_variant, load_source, qat_model
 
 
 def test_mobilenet_is_depthwise_separable():

@@ -7,7 +7,8 @@ import torch
 
 from compress_fixtures import fp32, source, train_mlp  # noqa: F401 (fixtures)
 from hpmodel.compress import quantize
-from hpmodel.compress.variants import CompressOptions, build_variant, load_variant
+from hpmodel.compress.variant_load import load_variant
+from hpmodel.compress.variants import CompressOptions, build_variant
 from hpmodel.runs.train import evaluate_run
 
 

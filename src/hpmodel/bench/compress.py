@@ -43,8 +43,8 @@ from hpmodel.bench.common import write_results
 from hpmodel.bench.compress_structured import structured_rows
 from hpmodel.compress import export, onnx_graph, prune, quantize
 from hpmodel.compress.measure import file_sizes
-from hpmodel.compress.variants import (CompressOptions, build_variant, evaluate_variant, fine_tune, load_source,
-                                       qat_model)
+from hpmodel.compress.variant_load import evaluate_variant
+from hpmodel.compress.variants import CompressOptions, build_variant, fine_tune, load_source, qat_model
 from hpmodel.config import ModelConfig, load_config
 from hpmodel.datasets import load_splits
 from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights

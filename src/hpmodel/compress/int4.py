@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +35,7 @@ from torch import nn
 from hpmodel.compress import export, onnx_graph, quantize
 from hpmodel.kernel.errors import ConfigError, HpmodelError
 from hpmodel.kernel.files import save_weights
-from hpmodel.kernel.quiet import quiet_imports, quiet_onnxruntime
+from hpmodel.kernel.quiet import ORT_INT4_QUANTIZER, quiet_imports, quiet_onnxruntime, quieted
 from hpmodel.strategies import get_strategy
 from hpmodel.train.trainer import Trainer
 
@@ -104,7 +103,7 @@ def quantize_onnx_int4(source: str | Path, target: str | Path, block_size: int =
         raise HpmodelError(f"int4 needs ONNX Runtime's MatMulNBitsQuantizer with op_types_to_quantize "
                            f"and quant_axes (onnxruntime {onnxruntime.__version__} lacks them: "
                            f"{error}): upgrade onnxruntime (tested with 1.32)") from None
-    with quiet_onnxruntime(), _quiet_quantizer():  # a line per node at INFO, opset notes
+    with quiet_onnxruntime(), quieted(logs=[ORT_INT4_QUANTIZER]):  # per-node INFO, opset notes
         quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
         quantizer.process()
     model = quantizer.model.model
@@ -115,33 +114,17 @@ def quantize_onnx_int4(source: str | Path, target: str | Path, block_size: int =
             "gather_block_quantized": kinds.count("GatherBlockQuantized")}
 
 
-class _quiet_quantizer:
-    """The quantizer's logger (INFO per node; WARNING that it raises the opset to 21 for int4
-    Gather tables, which ORT runs) down to ERROR while it works."""
-
-    def __enter__(self):
-        self.logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
-
-
 def build_int4(source, options, folder: Path) -> dict[str, Any]:
     """The ``int4`` variant of a GPT run: ``folder/model.onnx`` with MatMulNBits weights."""
     _require_language_model(source.cfg, "int4")
     fp32 = export_run_model(source, source.model, folder / "model.fp32.onnx")
     counts = quantize_onnx_int4(fp32, folder / "model.onnx", options.int4_block_size,
                                 options.int4_accuracy_level, options.int4_embeddings)
-    sizes = {"weight_bytes": onnx_graph.weight_bytes(folder / "model.onnx"),
-             "fp32_weight_bytes": onnx_graph.weight_bytes(fp32)}
-    fp32.unlink()
     return {"format": "onnx", "dtype": "int4", "block_size": options.int4_block_size,
             "accuracy_level": options.int4_accuracy_level,
-            "embeddings": "int4" if counts["gather_block_quantized"] else "fp32", **counts, **sizes,
+            "embeddings": "int4" if counts["gather_block_quantized"] else "fp32", **counts,
             "int4_parameters": sum(p.numel() for p in source.model.parameters()),  # tied ones once
-            "x_smaller_weights": sizes["fp32_weight_bytes"] / sizes["weight_bytes"]}
+            **onnx_graph.weight_sizes(fp32, folder / "model.onnx")}
 
 
 def build_torchao_int4(source, options, folder: Path) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 :mod:`hpmodel.reporting.compress`).
 
 Accuracy (for a GPT: perplexity and bits per byte too) comes from
-:func:`~hpmodel.compress.variants.evaluate_variant`, CPU latency from
+:func:`~hpmodel.compress.variant_load.evaluate_variant`, CPU latency from
 ONNX Runtime and PyTorch at batch 1 and 64, GPU latency from PyTorch where CUDA exists;
 ``gzip`` measures how well a file compresses (pruned zeros compress, dense floats do not).
 
@@ -21,7 +21,7 @@ import torch
 
 from safetensors import safe_open
 
-from hpmodel.compress import variants
+from hpmodel.compress import variant_load
 from hpmodel.compress.export import OnnxModel
 from hpmodel.compress.int4 import is_language_model, token_example
 from hpmodel.config import load_config
@@ -73,7 +73,7 @@ def measure_variant(folder: Path, repeats: int = 20, threads: int = 0,
     row.update({k: info[k] for k in ("weight_bytes", "fp32_weight_bytes", "x_smaller_weights") if k in info})
     gpu_only = bool(info.get("apply")) and not torch.cuda.is_available()
     if not gpu_only:
-        row.update(variants.evaluate_variant(folder, trust_model_target=trust_model_target))
+        row.update(variant_load.evaluate_variant(folder, trust_model_target=trust_model_target))
     row["parameters"] = info.get("int4_parameters") or parameter_count(folder)  # int4 packs 2 a byte
     main_file = folder / ("model.onnx" if info["format"] == "onnx" else "model.safetensors")
     row.update(file_sizes(main_file))
@@ -87,11 +87,11 @@ def measure_variant(folder: Path, repeats: int = 20, threads: int = 0,
         for batch in BATCHES:
             row[f"ort_cpu_ms_b{batch}"] = latency_ms(runner.run_numpy, example(batch).numpy(), repeats)
     if info["format"] == "torch" and not info.get("apply"):
-        predictor = variants.load_torch_variant(folder, info, "cpu", trust_model_target)
+        predictor = variant_load.load_torch_variant(folder, info, "cpu", trust_model_target)
         for batch in BATCHES:
             row[f"torch_cpu_ms_b{batch}"] = latency_ms(predictor, example(batch), repeats)
     if torch.cuda.is_available() and info["format"] == "torch":
-        predictor = variants.load_torch_variant(folder, info, "cuda", trust_model_target)
+        predictor = variant_load.load_torch_variant(folder, info, "cuda", trust_model_target)
         for batch in BATCHES:
             row[f"torch_gpu_ms_b{batch}"] = latency_ms(predictor, example(batch).cuda(), repeats)
     return row

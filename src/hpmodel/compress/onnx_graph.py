@@ -21,8 +21,17 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def weight_sizes(fp32: Path, quantized: Path) -> dict[str, Any]:
+    """Initializer bytes of a quantized file and of the fp32 export it came from (then
+    deleted), and the ratio ``x_smaller_weights``."""
+    sizes = {"weight_bytes": weight_bytes(quantized), "fp32_weight_bytes": weight_bytes(fp32)}
+    Path(fp32).unlink()
+    return {**sizes, "x_smaller_weights": sizes["fp32_weight_bytes"] / sizes["weight_bytes"]}
 
 
 def weight_bytes(path: str | Path) -> int:
@@ -144,4 +153,4 @@ def compact_names(model) -> None:
     model.doc_string, graph.doc_string = "", ""
 
 
-__all__ = ["compact_names", "drop_zero_points", "weight_bytes", "weight_only_int8"]
+__all__ = ["compact_names", "drop_zero_points", "weight_bytes", "weight_only_int8", "weight_sizes"]

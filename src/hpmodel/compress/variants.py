@@ -1,4 +1,5 @@
-"""Build compressed variants of a trained run, save each as a folder, and load them back.
+"""Build compressed variants of a trained run and save each as a folder (loading them back:
+:mod:`~hpmodel.compress.variant_load`).
 
 Each variant folder looks like a run directory (so ``hpmodel evaluate`` scores it)::
 
@@ -13,7 +14,7 @@ and runs ONNX files, torchao fakes quantization for QAT, ``torch.nn.utils.prune`
 Example::
 
     build_variants("runs/digits", "runs/digits-compressed", ["dynamic-int8", "qat"])
-    evaluate_variant("runs/digits-compressed/qat")["test_accuracy"]
+    variant_load.evaluate_variant("runs/digits-compressed/qat")["test_accuracy"]
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hpmodel.compress import export, fake_quant, int4, onnx_graph, prune, quantize, structured
+from hpmodel.compress import fake_quant, int4, onnx_graph, prune, quantize, structured
+from hpmodel.compress.variant_load import load_into
 from hpmodel.kernel.errors import HpmodelError
-from hpmodel.kernel.files import load_weights, read_json, save_weights, write_json
+from hpmodel.kernel.files import load_weights, save_weights, write_json
 from hpmodel.datasets import load_splits
 from hpmodel.models import build_model
 from hpmodel.strategies import get_strategy
@@ -100,23 +102,8 @@ def load_source(run_dir: str | Path, trust_model_target: bool = False) -> Source
     cfg = load_run_config(run_dir / "config.toml", trust_model_target)
     splits = load_splits(cfg.data, cfg.seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes)
-    _load_into(model, load_weights(run_dir / "model.safetensors"), run_dir / "model.safetensors")
+    load_into(model, load_weights(run_dir / "model.safetensors"), run_dir / "model.safetensors")
     return SourceRun(run_dir, cfg, splits, model.eval())
-
-
-def _load_into(model: nn.Module, weights: dict, where: Path) -> None:
-    prune.resize_to_weights(model, weights)
-    structured.resize_to_state(model, weights)  # Torch-Pruning's smaller norms, attention, embeddings
-    fake_quant.add_folded_biases(model, weights)  # QAT / control weights of BatchNorm models
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as error:
-        raise HpmodelError(f"'{where}' does not fit the model of its config.toml ({str(error)[:160]})"
-                           ": it belongs to another model; compress the run that wrote it") from None
-    if missing or unexpected:
-        raise HpmodelError(f"'{where}' does not fit the model of its config.toml (missing "
-                           f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]}): it belongs to "
-                           "another model; compress the run that wrote it")
 
 
 def fine_tune(source: SourceRun, model: nn.Module, options: CompressOptions, *,
@@ -179,14 +166,7 @@ def _onnx_fp32(source, model, folder) -> Path:
 def _dynamic_int8(source, options, folder):
     fp32 = _onnx_fp32(source, source.model, folder)
     quantize.quantize_onnx_dynamic(fp32, folder / "model.onnx")
-    return {"format": "onnx", "dtype": "int8", **_weight_sizes(fp32, folder / "model.onnx")}
-
-
-def _weight_sizes(fp32: Path, int8: Path) -> dict[str, Any]:
-    """Initializer bytes of the int8 file and of the fp32 export it came from (then deleted)."""
-    sizes = {"weight_bytes": onnx_graph.weight_bytes(int8), "fp32_weight_bytes": onnx_graph.weight_bytes(fp32)}
-    fp32.unlink()
-    return {**sizes, "x_smaller_weights": sizes["fp32_weight_bytes"] / sizes["weight_bytes"]}
+    return {"format": "onnx", "dtype": "int8", **onnx_graph.weight_sizes(fp32, folder / "model.onnx")}
 
 
 def _static(source, model, options, folder):
@@ -195,7 +175,7 @@ def _static(source, model, options, folder):
                                            options.calibration_batch_size)
     quantize.quantize_onnx_static(fp32, folder / "model.onnx", batches, options.calibration_method,
                                   per_channel=options.weight_scales == "per-channel")
-    return {"format": "onnx", "dtype": "int8", **_weight_sizes(fp32, folder / "model.onnx"),
+    return {"format": "onnx", "dtype": "int8", **onnx_graph.weight_sizes(fp32, folder / "model.onnx"),
             "calibration_batches": len(batches),
             "calibration_method": options.calibration_method, "weight_scales": options.weight_scales}
 
@@ -336,91 +316,5 @@ def build_variant(source: SourceRun, mode: str, out_dir: str | Path,
     return folder
 
 
-def is_variant(path: str | Path) -> bool:
-    return (Path(path) / "variant.json").is_file()
-
-
-def load_variant(folder: str | Path, device: str = "cpu", threads: int = 0,
-                 trust_model_target: bool = False):
-    """A callable ``x -> logits`` for a variant folder (ONNX Runtime or PyTorch) and its info.
-
-    Example::
-
-        predict, info = load_variant("runs/compressed/static-int8")
-        predict(torch.randn(8, 1, 8, 8)).shape    # (8, 10)
-    """
-    folder = Path(folder)
-    info = read_json(folder / "variant.json")
-    if info.get("format") == "onnx":
-        return export.OnnxModel(folder / "model.onnx", threads=threads), info
-    return load_torch_variant(folder, info, device, trust_model_target), info
-
-
-def load_torch_variant(folder: Path, info: dict, device: str = "cpu",
-                       trust_model_target: bool = False) -> nn.Module:
-    """The variant's PyTorch module (shrunk layers, dtype and fp8 / 2:4 re-applied); a
-    ``model.target`` in its config.toml is imported only with ``trust_model_target``."""
-
-    cfg = load_run_config(folder / "config.toml", trust_model_target)
-    splits = load_splits(cfg.data, cfg.seed)
-    model = build_model(cfg.model, splits.input_shape, splits.num_classes)
-    weights = load_weights(folder / "model.safetensors")
-    _load_into(model, {k: v.float() for k, v in weights.items()}, folder / "model.safetensors")
-    model = quantize.to_dtype(model, info.get("dtype", "float32")).eval()
-    apply = info.get("apply")
-    if apply and (device == "cpu" or not torch.cuda.is_available()):
-        raise HpmodelError(f"variant '{folder}' ({apply}) runs only on a CUDA GPU: evaluate it on "
-                           "the GPU machine")
-    model = model.to(device)
-    if apply == "fp8":
-        model = quantize.to_float8(model)
-    elif apply == "sparse-2:4":
-        model = prune.apply_semi_structured(model, to_sparse=True)
-    elif apply == "int4":
-        model = int4.apply_torchao_int4(model, info.get("group_size", 32))
-    return TorchPredictor(model, splits.input_shape, folder)
-
-
-class TorchPredictor(nn.Module):
-    """A module that checks its input shape and casts to its weights' dtype and device."""
-
-    def __init__(self, model: nn.Module, input_shape, folder: Path):
-        super().__init__()
-        self.model, self.input_shape, self.folder = model, tuple(input_shape), folder
-        first = next(model.parameters(), None)
-        if first is None:
-            first = next(model.buffers())
-        self.dtype = first.dtype if first.dtype.is_floating_point and first.dtype.itemsize > 1 else torch.bfloat16
-        self.device = first.device
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        export.check_torch_input(self.input_shape, x, f"variant '{self.folder}'")
-        with torch.no_grad():
-            x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
-            return self.model(x).float()  # token ids stay integers
-
-
-def evaluate_variant(folder: str | Path, split: str = "test",
-                     trust_model_target: bool = False) -> dict[str, Any]:
-    """Accuracy and loss of a variant folder on its run's data split (``hpmodel evaluate`` uses it).
-
-    Example::
-
-        evaluate_variant("runs/compressed/dynamic-int8")["test_accuracy"]
-    """
-
-    folder = Path(folder)
-    cfg = load_run_config(folder / "config.toml", trust_model_target)
-    data = getattr(load_splits(cfg.data, cfg.seed), split)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    predict, _ = load_variant(folder, device=device, trust_model_target=trust_model_target)
-    if int4.is_language_model(cfg):  # loss, perplexity, bits per byte over token windows
-        return {f"{split}_{k}": v for k, v in int4.evaluate_lm(predict, data).items()}
-    logits = torch.cat([predict(x).cpu() for x in data.x.split(256)])
-    loss = nn.functional.cross_entropy(logits, data.y).item()
-    accuracy = (logits.argmax(-1) == data.y).float().mean().item()
-    return {f"{split}_accuracy": accuracy, f"{split}_loss": loss, f"{split}_examples": len(data)}
-
-
 __all__ = ["CPU_MODES", "GPU_MODES", "LM_MODES", "MODES", "CompressOptions", "SourceRun", "build_variant",
-           "missing_packages", "evaluate_variant", "fine_tune", "qat_model", "is_variant", "load_source", "load_variant"]
+           "missing_packages", "fine_tune", "qat_model", "load_source"]

@@ -59,6 +59,9 @@ TORCHAO_IMPORT = (
 DCP_SINGLE_PROCESS = WarningNoise(
     r"torch\.distributed is (disabled, )?unavailable or uninitialized, assuming the intent is "
     r"to (save|load) in a single process", UserWarning)
+# ORT's int4 quantizer: an INFO line per node, and a WARNING that it raises the opset to 21
+# for int4 Gather tables (which ONNX Runtime runs): all of that logger's records.
+ORT_INT4_QUANTIZER = LogNoise("onnxruntime.quantization.matmul_nbits_quantizer", r"")
 ORT_ERROR, ORT_WARNING = 3, 2  # onnxruntime's severities; WARNING is its default
 
 

@@ -33,7 +33,7 @@ from hpmodel.train.optim import optimizer_factory
 from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights, write_json
 from hpmodel.train.trainer import Trainer
 from hpmodel.runs.common import ModelFactory, build_strategy, build_trainer
-from hpmodel.compress.variants import evaluate_variant
+from hpmodel.compress.variant_load import evaluate_variant
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.locks import DirectoryLock, make_directory
 
