@@ -60,6 +60,9 @@ class FileCacheNode(Node):
             if writer is not None:
                 writer.close() if done else writer.abort()
 
+    def warm_ready(self) -> bool:
+        return self._exists()  # while the file is written, a second pass would write it too
+
     def cardinality(self) -> int:
         if self._exists():
             return count_records(self.path)
@@ -99,6 +102,9 @@ class MemoryCacheNode(Node):
             yield item
         if items is not None:
             self.store = items
+
+    def warm_ready(self) -> bool:
+        return self.store is not None
 
     def cardinality(self) -> int:
         return len(self.store) if self.store is not None else self.upstream.cardinality()

@@ -196,6 +196,10 @@ class Node:
         """Yield this node's elements of epoch ``ctx.epoch``, starting at index ``skip``."""
         raise NotImplementedError
 
+    def warm_ready(self) -> bool:
+        """Whether another iteration may start while one runs (False: a cache filling)."""
+        return True
+
     def cardinality(self) -> int:
         """Number of elements, or INFINITE (-1) / UNKNOWN (-2)."""
         return UNKNOWN

@@ -153,7 +153,7 @@ def parallel_map(inputs: Iterator, fn: Callable, workers: int, tuner: Tuner | No
             yield from results
     finally:
         if hasattr(runner, "release"):
-            runner.release()
+            runner.release(pending)
         else:
             runner.close()
 

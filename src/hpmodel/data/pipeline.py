@@ -5,20 +5,20 @@ Pure Python orchestration over the stages in ``stages.py``, ``interleave.py``,
 one. Iterating it once is one epoch. Its resumable position is ``(epoch, number of
 elements handed to the consumer)``; because order is a pure function of the seeds and
 the epoch, restoring that pair (``load_state_dict``) and skipping reproduces the rest of
-the epoch exactly, whatever the thread counts.
+the epoch exactly, whatever the thread counts. With ``with_options(warm_start=True)`` the
+next epoch is started in the background near an epoch's end (``warm.py``).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .map_stage import MapNode
 from .stages import (BatchNode, FilterNode, RepeatNode, ShuffleBufferNode, SkipNode, TakeNode,
                      UnbatchNode)
-from .core import (AUTOTUNE, Context, Node, Stats, chain_of, check_count, check_positive,
+from .core import (AUTOTUNE, Node, Stats, chain_of, check_count, check_positive,
                    random_seed)
 from .cache import FileCacheNode, MemoryCacheNode
 from .position import position_state, rebuild, restored_chain
@@ -27,11 +27,10 @@ from .interleave import InterleaveNode
 from .sharding import shard_pipeline
 from .sources import IndexSource
 from .interop import PipelineLoader
+from .epochs import EpochIteration
+from .warm import PreparedEpoch
 
-clock = time.perf_counter
-
-
-class Pipeline:
+class Pipeline(EpochIteration):
     """A chain of input stages; iterate it once per epoch.
 
     Example::
@@ -43,9 +42,12 @@ class Pipeline:
                 ...
     """
 
-    def __init__(self, node: Node, cpu_budget: int | None = None):
+    def __init__(self, node: Node, cpu_budget: int | None = None, warm_start: bool = False):
         self._node = node
         self._cpu_budget = cpu_budget
+        self._warm_start = warm_start
+        self._prepared: PreparedEpoch | None = None  # the next epoch, started early
+        self._warmed = False  # whether the latest iteration was a prepared one
         for key, n in enumerate(self._chain()):
             n.key = key
         self._epoch = 0
@@ -59,7 +61,7 @@ class Pipeline:
         return chain_of(self._node)
 
     def _then(self, node: Node) -> "Pipeline":
-        return Pipeline(node, self._cpu_budget)
+        return Pipeline(node, self._cpu_budget, self._warm_start)
 
     def map(self, fn: Callable, num_parallel_calls: int | None = None,
             deterministic: bool = True, use_processes: bool = False,
@@ -245,16 +247,24 @@ class Pipeline:
         """
         return PipelineLoader(self)
 
-    def with_options(self, cpu_budget: int | None = None) -> "Pipeline":
-        """The same pipeline with AUTOTUNE limited to ``cpu_budget`` worker threads/processes.
+    def with_options(self, cpu_budget: int | None = None,
+                     warm_start: bool | None = None) -> "Pipeline":
+        """The same pipeline (and position) with AUTOTUNE limited to ``cpu_budget`` worker
+        threads/processes, and/or with the next epoch started in the background near each
+        epoch's end (``warm_start=True``; the Trainer turns it on for multi-epoch runs:
+        the first batch of an epoch then waits on no stage's start-up).
 
         Example::
 
-            pipe = pipe.with_options(cpu_budget=4)
+            pipe = pipe.with_options(cpu_budget=4, warm_start=True)
         """
         if cpu_budget is not None:
             check_positive("cpu_budget", cpu_budget)
-        return Pipeline(self._node, cpu_budget)
+        budget = self._cpu_budget if cpu_budget is None else cpu_budget
+        new = Pipeline(self._node, budget,
+                       self._warm_start if warm_start is None else bool(warm_start))
+        new._epoch, new._position, new._resume_at = self._epoch, self._position, self._resume_at
+        return new
 
     def shard(self, num_shards: int, index: int, mode: str = "element") -> "Pipeline":
         """This rank's disjoint part; over all ranks every element appears once per epoch.
@@ -277,43 +287,7 @@ class Pipeline:
         sharded._epoch = self._epoch  # the epoch set before sharding carries over
         return sharded
 
-    # --- iterating -----------------------------------------------------------------
-    def __iter__(self) -> Iterator:
-        skip = self._resume_at or 0
-        self._resume_at = None
-        budget = self._cpu_budget or Context().cpu_budget
-        autotuned = sum(1 for n in self._chain()
-                        if n.kind == "map" and n.num_parallel_calls == AUTOTUNE)
-        ctx = Context(epoch=self._epoch, stats=Stats(), cpu_budget=budget,
-                      cpu_share=max(1, budget // max(1, autotuned)))
-        self._stats = ctx.stats
-        self._live += 1
-        return self._consume(self._node.iterate(ctx, skip), ctx, skip, self._live)
-
-    def _consume(self, iterator: Iterator, ctx: Context, skip: int, token: int) -> Iterator:
-        stats, start = ctx.stats, clock()
-        if token == self._live:
-            self._position = skip
-        try:
-            while True:
-                t0 = clock()
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    break
-                t1 = clock()
-                stats.wait_seconds += t1 - t0
-                stats.elements += 1
-                stats.wall_seconds = t1 - start
-                if token == self._live:
-                    self._position += 1
-                yield item
-            stats.wall_seconds = clock() - start
-            if token == self._live and self._epoch == ctx.epoch:
-                self._epoch, self._position = ctx.epoch + 1, 0  # the epoch is complete
-        finally:
-            if hasattr(iterator, "close"):
-                iterator.close()
+    # --- iterating: __iter__, stats, close in epochs.EpochIteration -------------
 
     @property
     def is_batched(self) -> bool:
@@ -372,20 +346,10 @@ class Pipeline:
         self._epoch, self._position = int(state["epoch"]), int(state["position"])
         self._resume_at = self._position
 
-    def stats(self) -> dict:
-        """Latest iteration's time per stage and input-bound fraction (consumer wait / wall).
-
-        Example::
-
-            print(pipe.stats()["input_bound_fraction"])
-        """
-        report = self._stats.report()
-        report.update(epoch=self._epoch, position=self._position)
-        return report
-
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_stats"] = None  # holds locks; statistics do not travel
+        state["_prepared"] = None  # a thread
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -150,40 +150,57 @@ class ProcessRunner:
         self.outstanding = [deque() for _ in range(workers)]
         self.done: dict = {}
         self.count = 0
-        self.busy = False
+        self.sessions = 0  # iterations using the workers now (two while an epoch is prepared)
         self.persistent = False
         self.closed = False
         self.key: Any = None
+        self._submit_lock = threading.Lock()
+        self._receive_locks = [threading.Lock() for _ in range(workers)]
+
+    @property
+    def busy(self) -> bool:
+        return self.sessions > 0
 
     def claim(self) -> bool:
-        """Take the workers for one epoch; False if another iteration has them."""
-        if self.busy or self.closed or not all(p.is_alive() for p in self.procs):
-            return False
-        self.busy = True
-        return True
+        """Take the workers for one epoch; False if they are closed or one died.
 
-    def release(self) -> None:
-        """End of an epoch: drop unread results; keep the workers if persistent."""
+        Several iterations may hold them at once (the warm start prepares the next epoch
+        while this one drains): each worker answers its tasks in the order it was given
+        them, and results are matched to their task, so the epochs never mix.
+        """
+        with self._submit_lock:
+            if self.closed or not all(p.is_alive() for p in self.procs):
+                return False
+            self.sessions += 1
+            return True
+
+    def release(self, handles=()) -> None:
+        """End of one iteration: drop its unread results (``handles``); keep the workers
+        if persistent, else close them once no iteration holds them."""
         try:
-            for worker, waiting in enumerate(self.outstanding):
-                while waiting:
-                    self._receive(worker)
-            self.done.clear()
+            for handle in handles:
+                self._wait(handle)
+                self.done.pop(handle[0], None)
         except RuntimeError:
             self.persistent = False  # a worker died: do not reuse these
-        self.busy = False
-        if not self.persistent:
+        with self._submit_lock:
+            self.sessions = max(0, self.sessions - 1)
+            idle = self.sessions == 0
+        if not self.persistent and idle:
             self.close()
 
     def submit(self, chunk: list) -> tuple[int, int]:
         """Send ``chunk`` to the next worker in turn; returns its handle."""
-        task, worker = self.count, self.count % len(self.procs)
-        self.count += 1
-        self.tasks[worker].send_bytes(pickle.dumps(_pack(chunk), protocol=5))
-        self.outstanding[worker].append(task)
+        payload = pickle.dumps(_pack(chunk), protocol=5)
+        with self._submit_lock:
+            task, worker = self.count, self.count % len(self.procs)
+            self.count += 1
+            self.outstanding[worker].append(task)
+            self.tasks[worker].send_bytes(payload)
         return task, worker
 
     def _receive(self, worker: int) -> None:
+        """Read worker ``worker``'s next answer (the caller holds its receive lock)."""
         try:
             payload = self.results[worker].recv_bytes()
         except (EOFError, OSError):
@@ -194,12 +211,17 @@ class ProcessRunner:
                                "crashed in native code; try fewer workers") from None
         self.done[self.outstanding[worker].popleft()] = payload
 
-    def result(self, handle: tuple[int, int]) -> tuple[list, float, int]:
-        """Wait for ``handle``'s results (workers answer in the order they were given work)."""
+    def _wait(self, handle: tuple[int, int]) -> None:
         task, worker = handle
         while task not in self.done:
-            self._receive(worker)
-        message = pickle.loads(self.done.pop(task))
+            with self._receive_locks[worker]:
+                if task not in self.done:
+                    self._receive(worker)
+
+    def result(self, handle: tuple[int, int]) -> tuple[list, float, int]:
+        """Wait for ``handle``'s results (workers answer in the order they were given work)."""
+        self._wait(handle)
+        message = pickle.loads(self.done.pop(handle[0]))
         if message[0] == "error":
             raise message[1]
         _, out, seconds, n_in = message
@@ -208,13 +230,11 @@ class ProcessRunner:
     def ready(self, handle: tuple[int, int]) -> bool:
         """Whether ``handle``'s result can be taken without waiting."""
         task, worker = handle
-        if task in self.done:
-            return True
-        if self.outstanding[worker] and self.outstanding[worker][0] == task \
-                and self.results[worker].poll():
-            self._receive(worker)
-            return True
-        return False
+        with self._receive_locks[worker]:
+            while task not in self.done and self.outstanding[worker] \
+                    and self.results[worker].poll():
+                self._receive(worker)  # answers ahead of ours may be another epoch's
+        return task in self.done
 
     def wait_any(self, pending) -> None:
         """Block until some worker has a result."""

@@ -126,6 +126,8 @@ class Trainer:
             callbacks.call("on_epoch_end", state, logs)
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
         callbacks.call("on_train_end", state)
+        if isinstance(state.train_data, Pipeline):
+            state.train_data.close(keep_workers=True)  # no epoch after the last one
         summary = {"steps": state.global_step, "epochs": state.epoch,
                    "wall_seconds": timer.seconds,
                    "examples_per_second": timer.examples / max(timer.seconds, 1e-9)}
@@ -180,6 +182,8 @@ class Trainer:
         model, optimizer = self.strategy.setup(model, optimizer)
         model._hpmodel_setup = True
         train_data = self.strategy.distribute(batches)
+        if epochs > 1 and isinstance(train_data, Pipeline):  # the next epoch starts in this one's tail
+            train_data = train_data.with_options(warm_start=True)
         count = train_data.cardinality()
         if count < 0 and not self.max_steps:
             raise HpmodelError("the training data has no known length (a filter, repeat() or "
