@@ -137,3 +137,59 @@ def test_trainer_over_warm_epochs_equals_training_over_a_sequential_pipeline():
                      .batch(8).prefetch(2))
     sequential, _ = fit(source.map(ident).batch(8))
     assert torch.equal(warm, sequential)
+
+
+# --- results read out of band, into pinned memory when a CUDA copy follows -------------
+def test_out_of_band_frames_round_trip_and_report_a_torn_message():
+    import io
+    import pickle
+
+    import numpy as np
+
+    from hpmodel.data.frames import encode, read_message, send_message
+
+    r, w = os.pipe()
+    with io.FileIO(r, "r") as reader, io.FileIO(w, "w") as writer:
+        arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.arange(3)[::2]]  # 2nd: strided
+        send_message(writer, ("ok", arrays, 0.5, 2))
+        send_message(writer, ("error", ValueError("bad"), "tb"))  # no buffers at all
+        head, buffers = read_message(reader, pinned=False)
+        kind, out, _, _ = pickle.loads(head, buffers=buffers)
+        assert kind == "ok" and [a.tolist() for a in out] == [a.tolist() for a in arrays]
+        assert out[0].flags.writeable  # torch.from_numpy takes it without a warning
+        head, buffers = read_message(reader, pinned=False)
+        assert buffers == [] and pickle.loads(head, buffers=buffers)[0] == "error"
+        parts = encode(("ok", np.zeros(1000)))
+        writer.write(parts[0])
+        writer.write(bytes(parts[1])[:100])  # the worker died mid-buffer
+        writer.close()
+        with pytest.raises(EOFError):
+            read_message(reader, pinned=False)
+
+
+def batch_of(chunk):
+    return [torch.stack([torch.as_tensor(v) for v in chunk])]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_results_arrive_page_locked_when_a_cuda_copy_follows():
+    from hpmodel.data.workers import ProcessRunner
+
+    runner = ProcessRunner(batch_of, workers=2)
+    try:
+        runner.pinned = True
+        (out,), _, _ = runner.result(runner.submit(list(range(64))))
+        assert out.is_pinned() and out.tolist() == list(range(64))
+        runner.pinned = False
+        (out,), _, _ = runner.result(runner.submit(list(range(8))))
+        assert not out.is_pinned()
+    finally:
+        runner.close()
+    pipe = (hd.from_tensors((X, Y)).map(lambda e: e, num_parallel_calls=2, use_processes=True)
+            .batch(8).prefetch_to_device("cuda").with_options(warm_start=True))
+    for _ in range(2):
+        got = [(xb.device.type, yb.tolist()) for xb, yb in pipe]
+        assert [g[1] for g in got] == [Y[i:i + 8].tolist() for i in range(0, 48, 8)]
+        assert {g[0] for g in got} == {"cuda"}
+    pipe.close()

@@ -156,6 +156,7 @@ class Context:
     cpu_budget: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     cpu_share: int = 0  # workers an AUTOTUNE stage may use; 0 = the whole budget
     repeat_pass: tuple = ()
+    pin_memory: bool = False  # a CUDA copy follows: stages may produce page-locked tensors
 
     def __post_init__(self):
         if self.cpu_share <= 0:

@@ -71,8 +71,9 @@ class MapNode(Node):
         chunk = self.chunk_size or (16 if self.use_processes else 1)
         runner = None
         if self.use_processes:
+            # elements are collated later into new tensors: pinning them would be wasted
             runner = functools.partial(self._runner, ("each", chunk, workers), ApplyEach(fn),
-                                       workers)
+                                       workers, False)
         return parallel_map(inputs, fn, workers, tuner, self.deterministic, stage,
                             processes=self.use_processes, chunk_size=chunk, runner=runner)
 
@@ -86,21 +87,23 @@ class MapNode(Node):
         workers = max(1, workers or 1)
         chunk_fn = ApplyCollate(fn, batch.collate, drop)
         runner = functools.partial(self._runner, ("batch", batch.batch_size, drop, workers),
-                                   chunk_fn, workers)
+                                   chunk_fn, workers, ctx.pin_memory)
         return parallel_map(inputs, fn, workers, None, self.deterministic, stage,
                             processes=True, chunk_size=batch.batch_size, runner=runner)
 
-    def _runner(self, key: tuple, chunk_fn: Callable, workers: int):
+    def _runner(self, key: tuple, chunk_fn: Callable, workers: int, pinned: bool):
         """Process workers kept across epochs (like DataLoader's persistent_workers).
 
         They are forked once, at the first epoch, and stopped when this stage is
-        garbage-collected or the program exits (they are daemon processes).
+        garbage-collected or the program exits (they are daemon processes). ``pinned``:
+        a CUDA copy follows, so results are read into page-locked memory.
         """
         cached = self.__dict__.get("_workers")
         if cached is not None and cached.key == key and cached.claim():
+            cached.pinned = pinned
             return cached
         runner = ProcessRunner(chunk_fn, workers)
-        runner.key = key
+        runner.key, runner.pinned = key, pinned
         runner.claim()
         if cached is None or not cached.busy:
             if cached is not None:

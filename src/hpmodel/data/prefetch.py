@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -208,7 +209,8 @@ class DeviceNode(Node):
                 event.record(side)
             return moved, event
 
-        make = lambda: iter(self.upstream.iterate(ctx, skip))  # noqa: E731
+        pinned = replace(ctx, pin_memory=True)  # process workers' batches arrive pinned
+        make = lambda: iter(self.upstream.iterate(pinned, skip))  # noqa: E731
         for moved, event in background(make, self.buffer_size, self.stage(ctx), copy):
             current = torch.cuda.current_stream(device)
             current.wait_event(event)

@@ -7,7 +7,8 @@ process: the consumer sends tasks and receives results itself, so the training l
 thread does not fight extra threads for the GIL. Each worker drains its task pipe in a
 small thread of its own, which keeps either side from blocking on a full pipe.
 
-Tensors cross the pipe as numpy arrays (pickled by value, one memcpy).
+Tensors cross the pipe as numpy arrays, out of band (``frames.py``): the consumer reads
+each straight into its own — page-locked, when a CUDA copy follows — memory.
 
 Trust: both sides ``pickle.loads`` what the other sent, as ``multiprocessing`` itself does.
 The pipes are anonymous ``os.pipe`` pairs made here and inherited by the forked worker
@@ -18,6 +19,7 @@ opens no socket). Nothing read from disk or the network is ever unpickled here.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import pickle
 import queue
@@ -31,6 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from .frames import encode, read_message, send_parts, widen
 
 clock = time.perf_counter
 
@@ -93,6 +97,7 @@ def _worker_main(chunk_fn: Callable, tasks, results, seed: int) -> None:
                 return
 
     threading.Thread(target=receive, daemon=True).start()
+    out = io.FileIO(results.fileno(), "w", closefd=False)
     while True:
         payload = inbox.get()
         if not payload:
@@ -100,22 +105,21 @@ def _worker_main(chunk_fn: Callable, tasks, results, seed: int) -> None:
         t0 = clock()
         try:
             chunk = _unpack(pickle.loads(payload))
-            out = pickle.dumps(("ok", _pack(chunk_fn(chunk)), clock() - t0, len(chunk)),
-                               protocol=5)
+            parts = encode(("ok", _pack(chunk_fn(chunk)), clock() - t0, len(chunk)))
         except BaseException as error:  # noqa: BLE001 - sent to the consumer
-            out = _error_payload(error)
+            parts = _error_parts(error)
         try:
-            results.send_bytes(out)
+            send_parts(out, parts)
         except (BrokenPipeError, OSError):
             return
 
 
-def _error_payload(error: BaseException) -> bytes:
+def _error_parts(error: BaseException) -> list:
     text = traceback.format_exc()
     try:
-        return pickle.dumps(("error", error, text))
+        return encode(("error", error, text))
     except Exception:  # noqa: BLE001 - an unpicklable exception
-        return pickle.dumps(("error", RuntimeError(f"map function failed:\n{text}"), text))
+        return encode(("error", RuntimeError(f"map function failed:\n{text}"), text))
 
 
 _CLOSE_LOCK = threading.Lock()
@@ -144,9 +148,12 @@ class ProcessRunner:
             proc.start()
             task_out.close()
             result_in.close()
+            widen(result_out.fileno())
             self.procs.append(proc)
             self.tasks.append(task_in)
             self.results.append(result_out)
+        self._reads = [io.FileIO(c.fileno(), "r", closefd=False) for c in self.results]
+        self.pinned = False  # read results into page-locked memory (a CUDA copy follows)
         self.outstanding = [deque() for _ in range(workers)]
         self.done: dict = {}
         self.count = 0
@@ -202,14 +209,14 @@ class ProcessRunner:
     def _receive(self, worker: int) -> None:
         """Read worker ``worker``'s next answer (the caller holds its receive lock)."""
         try:
-            payload = self.results[worker].recv_bytes()
-        except (EOFError, OSError):
+            message = read_message(self._reads[worker], self.pinned)
+        except (EOFError, OSError, ValueError):
             proc = self.procs[worker]
             proc.join(timeout=1)
             raise RuntimeError(f"a map worker process exited unexpectedly (exit code "
                                f"{proc.exitcode}): it may have run out of memory or "
                                "crashed in native code; try fewer workers") from None
-        self.done[self.outstanding[worker].popleft()] = payload
+        self.done[self.outstanding[worker].popleft()] = message
 
     def _wait(self, handle: tuple[int, int]) -> None:
         task, worker = handle
@@ -221,7 +228,8 @@ class ProcessRunner:
     def result(self, handle: tuple[int, int]) -> tuple[list, float, int]:
         """Wait for ``handle``'s results (workers answer in the order they were given work)."""
         self._wait(handle)
-        message = pickle.loads(self.done.pop(handle[0]))
+        head, buffers = self.done.pop(handle[0])
+        message = pickle.loads(head, buffers=buffers)
         if message[0] == "error":
             raise message[1]
         _, out, seconds, n_in = message
