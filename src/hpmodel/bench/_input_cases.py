@@ -161,6 +161,7 @@ def case_cache(quick: bool, tf) -> dict:
 
 
 # --- (device) a training loop with CPU-side augmentation -----------------------------
+MEASURED = 3  # epochs measured per loader after its warm-up epoch
 def _augment(element):
     """Random crop (pad 4) + horizontal flip + normalise one uint8 CHW image, on the CPU."""
     image, label = element
@@ -227,9 +228,9 @@ def case_device(quick: bool, workers: int, device: torch.device | None = None) -
 
     On the GPU when there is one; otherwise on the CPU with a small model (the loop then
     shares the cores with the input workers, so the fractions only rank the loaders).
-    Each loader runs a warm-up epoch first; the measured epoch is the next one, so the
-    epoch boundary (workers kept warm; for hpmodel the warm start, which prepares the
-    measured epoch's first batches during the warm-up epoch's tail) is part of the number.
+    Each loader runs a warm-up epoch first, then three measured epochs (the row is the
+    median one), so epoch boundaries (workers kept warm; for hpmodel the warm start, which
+    prepares an epoch's first batches during the previous one's tail) are in the number.
 
     Example::
 
@@ -259,9 +260,12 @@ def case_device(quick: bool, workers: int, device: torch.device | None = None) -
     for name, batches, copy in (("torch DataLoader", loader, True),
                                 ("hpmodel parallel map + prefetch to device", fast, False)):
         _train_loop(batches, model, opt, device, copy)  # warm-up epoch (kernels, workers)
-        if batches is fast:
-            fast.set_epoch(1)
-        rows[name] = _train_loop(batches, model, opt, device, copy)
+        # then MEASURED epochs back to back (each loader's own, so that nothing of one
+        # runs during the other's); the row is the median epoch, all are kept
+        runs = sorted((_train_loop(batches, model, opt, device, copy) for _ in range(MEASURED)),
+                      key=lambda r: r["input_bound_fraction"])
+        rows[name] = {**runs[len(runs) // 2],
+                      "epochs_input_bound": [round(r["input_bound_fraction"], 5) for r in runs]}
     stats = fast.stats()
     fast.close()  # the prepared epoch 2 is not used
     name = torch.cuda.get_device_name(device) if cuda else "cpu (shares cores with the loaders)"

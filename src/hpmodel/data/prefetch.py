@@ -6,9 +6,11 @@ consumer's work on element i. With AUTOTUNE the buffer starts at one element and
 each time the consumer finds it empty (up to 64).
 
 :class:`DeviceNode` does the same and additionally copies each batch to a CUDA device
-from pinned memory on a side CUDA stream (``torch.cuda.Stream``); the consumer's stream
-waits on an event recorded after the copy, so the copy overlaps the previous step's
-compute. On a CPU device it passes elements through unchanged.
+from pinned memory on a side CUDA stream (``torch.cuda.Stream``); the producer thread
+waits for each copy to finish and marks the tensors as used by the consumer's stream
+(``record_stream``), so the copy overlaps the previous steps' compute and the consumer
+takes complete batches without a CUDA call of its own. On a CPU device it passes
+elements through unchanged.
 """
 
 from __future__ import annotations
@@ -201,22 +203,26 @@ class DeviceNode(Node):
     def _cuda(self, ctx: Context, skip: int) -> Iterator:
         device = self.device
         side = torch.cuda.Stream(device=device)
+        # The stream the consumer computes on, taken where it starts iterating (this
+        # generator's body runs in the consumer's thread).
+        consumer = torch.cuda.current_stream(device)
 
-        def copy(batch: Any) -> tuple:
+        def copy(batch: Any) -> Any:
+            # In the producer's thread: copy on the side stream and wait for it there, so
+            # the batch handed over is complete and the consumer makes no CUDA call per
+            # batch (each would release the GIL and queue it behind this thread's work).
             with torch.cuda.device(device), torch.cuda.stream(side):
                 moved = to_device(batch, device, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record(side)
-            return moved, event
+            event.synchronize()
+            for tensor in _tensors(moved):
+                tensor.record_stream(consumer)  # memory stays valid for the consumer's stream
+            return moved
 
         pinned = replace(ctx, pin_memory=True)  # process workers' batches arrive pinned
         make = lambda: iter(self.upstream.iterate(pinned, skip))  # noqa: E731
-        for moved, event in background(make, self.buffer_size, self.stage(ctx), copy):
-            current = torch.cuda.current_stream(device)
-            current.wait_event(event)
-            for tensor in _tensors(moved):
-                tensor.record_stream(current)  # memory stays valid for the consumer's stream
-            yield moved
+        yield from background(make, self.buffer_size, self.stage(ctx), copy)
 
     def cardinality(self) -> int:
         return self.upstream.cardinality()
