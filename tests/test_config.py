@@ -24,6 +24,10 @@ def write(tmp_path, text):
     ("[strategy]\nname = 'one-device'\nwarp = 1\n", "unknown key 'strategy.warp'"),
     ("[data]\nname = 'npz'\npath = 'missing.npz'\n", "data.path 'missing.npz' does not exist"),
     ("[train\n", "is not valid TOML"),
+    ("[train]\ncompile_mode = 'fast'\n", "train.compile_mode = 'fast' is unknown: allowed values are "
+     "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+    ("[train]\ncompile = true\ncompile_mode = 'reduce-overhead'\ngrad_accum = 2\n",
+     "train.compile_mode = 'reduce-overhead' replays CUDA graphs, which cannot accumulate gradients"),
 ])
 def test_bad_config_gives_one_clear_line_and_status_2(tmp_path, capsys, text, expected):
     code = main(["train", write(tmp_path, text), "--out", str(tmp_path / "out"),
@@ -52,6 +56,15 @@ def test_set_overrides_any_key_and_config_round_trips(example_config):
     assert (cfg.train.epochs, cfg.model.name, cfg.data.shape) == (3, "mlp", [4, 4])
     again = config_from_dict(tomllib.loads(to_toml(cfg.to_dict())))
     assert again == cfg
+
+
+def test_compile_mode_round_trips_and_reaches_the_trainer(example_config):
+    from hpmodel.runs.common import build_strategy, build_trainer
+
+    cfg = load_config(example_config, ["train.compile=true", "train.compile_mode=max-autotune"])
+    assert cfg.train.compile_mode == "max-autotune" and load_config(example_config).train.compile_mode == "default"
+    assert config_from_dict(tomllib.loads(to_toml(cfg.to_dict()))) == cfg
+    assert build_trainer(cfg, build_strategy(cfg)).compile_mode == "max-autotune"
 
 
 def test_too_many_devices_for_one_device(capsys, tmp_path, example_config):

@@ -90,6 +90,11 @@ class TrainConfig:
     hold_global_batch: bool = False  # true: data.batch_size is the global batch, split over replicas
     task: str = "classification"  # classification | causal-lm | regression: the loss and the metrics
     compile: bool = False  # torch.compile the whole step: forward, loss, sums (a backend name: Trainer only)
+    # reduce-overhead and max-autotune replay the step as CUDA graphs: a replay overwrites
+    # the last one's outputs (the Trainer keeps none past the next call), and the next
+    # micro-batch's replay overwrites the .grad it accumulates into (torch 2.11 raises;
+    # pytorch/pytorch#169545), so they need grad_accum = 1 (see train/compiling.py).
+    compile_mode: str = "default"  # torch.compile's mode (with train.compile); CUDA-graph modes need grad_accum = 1
 
 
 @dataclass
@@ -178,6 +183,7 @@ CHOICES = {
     "schedule.name": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.task": tuple(TASKS),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 
@@ -238,6 +244,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs = 0 and train.max_steps = 0 train nothing: set train.epochs "
                           "to at least 1 (or set train.max_steps)")
     _check_data_shape(cfg.data)
+    _check_compile_mode(cfg.train)
     _check_inject_kill(cfg.train.inject_kill)
     uses_heads = cfg.model.name in ("transformer", "gpt") and not cfg.model.target
     if uses_heads and cfg.model.width % cfg.model.heads:
@@ -304,6 +311,14 @@ def _check_data_shape(data: DataConfig) -> None:
     if not ok:
         raise ConfigError(f"data.shape = {data.shape!r} must be a non-empty list of positive "
                           "integers: e.g. data.shape = [64] or [1, 8, 8]")
+
+
+def _check_compile_mode(train: TrainConfig) -> None:
+    """Refused by the Trainer too (train/compiling.py); here before any work starts."""
+    if train.compile and train.compile_mode in ("reduce-overhead", "max-autotune") and train.grad_accum > 1:
+        raise ConfigError(f"train.compile_mode = '{train.compile_mode}' replays CUDA graphs, which "
+                          f"cannot accumulate gradients (train.grad_accum = {train.grad_accum}): use "
+                          "compile_mode 'max-autotune-no-cudagraphs' or 'default', or grad_accum = 1")
 
 
 def _check_inject_kill(value: list) -> None:

@@ -1,15 +1,23 @@
 """``hpmodel bench trainer``: one model, one data set, one optimizer and one precision
 through the training loops a user would pick instead of hpmodel's, in one run.
 
-Contenders: plain PyTorch eager, plain PyTorch + ``torch.compile`` (of the forward and
-the loss together), Lightning Fabric (``lightning.fabric.Fabric``), HF Accelerate
-(``accelerate.Accelerator``) — each skipped with a note when its package is missing —
-and hpmodel's :class:`~hpmodel.train.Trainer`, eager and compiled (``train.compile``: the
-whole step). Data are random tokens (or
-random features) already on the device; AdamW (fused on CUDA); bf16 autocast on CUDA,
-fp32 on the CPU. The rate is steady state: warm-up steps (compilation included) are not
-timed, and CUDA is synchronised at both ends of the timed steps. ``vs fastest peer`` is a
-row's rate over the fastest non-hpmodel contender's on the same model.
+Contenders (:mod:`._trainer_contenders`): plain PyTorch eager, plain PyTorch +
+``torch.compile`` (of the forward and the loss together), Lightning Fabric
+(``lightning.fabric.Fabric``), HF Accelerate (``accelerate.Accelerator``) — each skipped
+with a note when its package is missing — and hpmodel's :class:`~hpmodel.train.Trainer`,
+eager and compiled (``train.compile``: the whole step). Opt-in, as they autotune for
+minutes: ``pytorch compile max-autotune`` and ``hpmodel compile max-autotune`` (both
+``mode="max-autotune-no-cudagraphs"``). Data are random tokens (or random features)
+already on the device; AdamW (fused on CUDA); bf16 autocast on CUDA, fp32 on the CPU.
+The rate is steady state: warm-up steps (compilation included) are not timed, and CUDA is
+synchronised at both ends of the timed steps. ``vs fastest peer`` is a row's median rate
+over the fastest non-hpmodel contender's on the same model.
+
+Every round's rate per contender is in the JSON (``rounds``), and so are paired ratios
+of hpmodel over its plain loop in the same round (``paired``: ``hpmodel compile`` /
+``pytorch compile`` and the like, per round with min, median and max), printed under the
+table: a slow or fast spell of the machine moves both rates of one round, so the paired
+ratio varies less than a ratio of medians taken from different rounds.
 
 Workloads: on a GPU the GPT at 98M parameters (12 layers × 768, vocab 8,192, untied,
 seq 512, batch 64); on the CPU (and with ``--quick``) a tiny GPT and the reference
@@ -24,73 +32,29 @@ Example::
 
     hpmodel bench trainer --out runs/bench-trainer            # one GPU: the 98M GPT
     hpmodel bench trainer --out runs/bench-trainer --quick    # CPU, small models, < 1 min
+    hpmodel bench trainer --out runs/bench-autotune --set repeats=3 \
+        --set 'contenders=["pytorch compile","hpmodel compile","pytorch compile max-autotune","hpmodel compile max-autotune"]'
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
-import importlib.util
 import math
 import statistics
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
+from hpmodel.bench._trainer_contenders import (CONTENDERS, OPT_IN, PEERS, RUNNERS, Skipped,
+                                               Workload)
 from hpmodel.bench.common import write_results
 from hpmodel.config import ModelConfig
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.kernel.timing import peak_tflops as device_peak_tflops
-from hpmodel.models import build_model, count_parameters
-from hpmodel.models.gpt import GPT, GPTConfig, causal_lm_loss, flops_per_token
-from hpmodel.strategies import get_strategy
-from hpmodel.train import Callback, Trainer
-
-
-@dataclasses.dataclass
-class Workload:
-    """A model and its random data: a GPT (``gpt`` set) or a reference classifier."""
-
-    name: str
-    batch: int
-    steps: int
-    warmup: int
-    gpt: GPTConfig | None = None
-    model: ModelConfig | None = None
-    input_shape: tuple[int, ...] = (64,)
-    num_classes: int = 10
-    lr: float = 3e-4
-
-    def build(self) -> nn.Module:
-        torch.manual_seed(0)
-        if self.gpt is not None:
-            return GPT(self.gpt)
-        return build_model(self.model, self.input_shape, self.num_classes)
-
-    @property
-    def tokens_per_example(self) -> int:
-        return self.gpt.seq_len if self.gpt is not None else 0
-
-    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # (B, T, V) vs (B, T) for the LM, (B, classes) vs (B,) otherwise
-        return causal_lm_loss(logits, labels) if self.gpt is not None else F.cross_entropy(logits, labels)
-
-    def data(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """One distinct batch per step (warm-up included), generated on the device."""
-        generator = torch.Generator(device=device).manual_seed(0)
-        n = self.batch * (self.warmup + self.steps)
-        if self.gpt is not None:
-            window = torch.randint(0, self.gpt.vocab_size, (n, self.gpt.seq_len + 1),
-                                   device=device, generator=generator)
-            return window[:, :-1].contiguous(), window[:, 1:].contiguous()
-        x = torch.randn((n, *self.input_shape), device=device, generator=generator)
-        return x, torch.randint(0, self.num_classes, (n,), device=device, generator=generator)
-
+from hpmodel.models import count_parameters
+from hpmodel.models.gpt import GPTConfig, flops_per_token
 
 GPU_WORKLOADS = {
     "gpt": Workload("gpt", batch=64, steps=50, warmup=10, lr=3e-4,
@@ -105,160 +69,9 @@ CPU_WORKLOADS = {
     "mlp": Workload("mlp", batch=256, steps=150, warmup=5, model=ModelConfig(name="mlp", width=256, depth=3),
                     input_shape=(64,), lr=1e-3),
 }
-PEERS = ("pytorch eager", "pytorch compile", "lightning fabric", "hf accelerate")
-CONTENDERS = PEERS + ("hpmodel", "hpmodel compile")
-
-
-class Skipped(Exception):
-    """A contender that cannot run here; its message is the row's note."""
-
-
-# -- timing --------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_steps(step: Callable, data: tuple, work: Workload, device: torch.device) -> float:
-    """Seconds of ``work.steps`` calls of ``step(x, y)`` after ``work.warmup`` untimed ones."""
-    x, y = data
-    b = work.batch
-    for i in range(work.warmup):
-        step(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])
-    _sync(device)
-    start = time.perf_counter()
-    for i in range(work.warmup, work.warmup + work.steps):
-        step(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def adamw(parameters, work: Workload, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(parameters, lr=work.lr, weight_decay=0.1, fused=device.type == "cuda")
-
-
-def autocast(device: torch.device):
-    # bf16 on CUDA, fp32 (no autocast) on the CPU, for every contender
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
-
-
-# -- the contenders: each returns the seconds of the timed steps --------------------------
-def pytorch_eager(work: Workload, device: torch.device, data: tuple) -> float:
-    return _plain(work, device, data, compiled=False)
-
-
-def pytorch_compile(work: Workload, device: torch.device, data: tuple) -> float:
-    return _plain(work, device, data, compiled=True)
-
-
-def _plain(work: Workload, device: torch.device, data: tuple, compiled: bool) -> float:
-    model = work.build().to(device)
-    optimizer = adamw(model.parameters(), work, device)
-
-    def forward_loss(x, y):
-        return work.loss_fn(model(x), y)
-
-    # The loss inside the compiled graph, as nanoGPT does (its forward takes the targets).
-    forward_loss = torch.compile(forward_loss) if compiled else forward_loss
-
-    def loss(x, y):
-        with autocast(device):
-            return forward_loss(x, y)
-
-    return timed_steps(optimizer_steps(loss, lambda value: value.backward(), optimizer), data, work,
-                       device)
-
-
-def optimizer_steps(loss: Callable, backward: Callable, optimizer) -> Callable:
-    """One training step of a contender: its loss, its backward, the optimizer step."""
-
-    def step(x, y):
-        backward(loss(x, y))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def lightning_fabric(work: Workload, device: torch.device, data: tuple) -> float:
-    if importlib.util.find_spec("lightning") is None:
-        raise Skipped("lightning not installed")
-    from lightning.fabric import Fabric
-
-    fabric = Fabric(accelerator=device.type, devices=1,
-                    precision="bf16-mixed" if device.type == "cuda" else "32-true")
-    model = work.build().to(device)
-    model, optimizer = fabric.setup(model, adamw(model.parameters(), work, device))
-
-    # Fabric's module wrapper applies the autocast.
-    step = optimizer_steps(lambda x, y: work.loss_fn(model(x), y), fabric.backward, optimizer)
-    return timed_steps(step, data, work, device)
-
-
-def hf_accelerate(work: Workload, device: torch.device, data: tuple) -> float:
-    if importlib.util.find_spec("accelerate") is None:
-        raise Skipped("accelerate not installed")
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(mixed_precision="bf16" if device.type == "cuda" else "no",
-                              cpu=device.type == "cpu")
-    model = work.build().to(device)
-    model, optimizer = accelerator.prepare(model, adamw(model.parameters(), work, device))
-
-    # prepare() wrapped forward in autocast.
-    step = optimizer_steps(lambda x, y: work.loss_fn(model(x), y), accelerator.backward, optimizer)
-    return timed_steps(step, data, work, device)
-
-
-class _SteadyClock(Callback):
-    """Times the Trainer's steps after the warm-up ones, synchronised like the others."""
-
-    def __init__(self, warmup: int, device: torch.device):
-        self.warmup, self.device = warmup, device
-        self.start = self.seconds = 0.0
-
-    def on_train_begin(self, state) -> None:
-        self.on_step_end(state, {})  # no warm-up: time from the first step
-
-    def on_step_end(self, state, logs) -> None:
-        if state.global_step == self.warmup:
-            _sync(self.device)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, state) -> None:
-        _sync(self.device)
-        self.seconds = time.perf_counter() - self.start
-
-
-def hpmodel_trainer(work: Workload, device: torch.device, data: tuple, compiled: bool = False) -> float:
-    options: dict[str, Any] = {}
-    if compiled:
-        options["compile"] = True
-    # The GPT as a user trains it: task causal-lm (token loss, accuracy and token counts).
-    if work.gpt is not None:
-        options["task"] = "causal-lm"
-    else:
-        options["loss_fn"] = work.loss_fn
-    clock = _SteadyClock(work.warmup, device)
-    trainer = Trainer(strategy=get_strategy("one-device", device=str(device)),
-                      precision="bf16" if device.type == "cuda" else "fp32", batch_size=work.batch,
-                      progress=False, max_steps=work.warmup + work.steps,
-                      callbacks=[clock], seed=0, **options)
-    trainer.fit(work.build, lambda parameters: adamw(parameters, work, device), data, epochs=1)
-    return clock.seconds
-
-
-def hpmodel_compile(work: Workload, device: torch.device, data: tuple) -> float:
-    return hpmodel_trainer(work, device, data, compiled=True)
-
-
-RUNNERS: dict[str, Callable[[Workload, torch.device, tuple], float]] = {
-    "pytorch eager": pytorch_eager, "pytorch compile": pytorch_compile,
-    "lightning fabric": lightning_fabric, "hf accelerate": hf_accelerate,
-    "hpmodel": hpmodel_trainer, "hpmodel compile": hpmodel_compile,
-}
+# hpmodel's contender over the plain loop it should match, paired round by round
+PAIRS = (("hpmodel compile", "pytorch compile"), ("hpmodel", "pytorch eager"),
+         ("hpmodel compile max-autotune", "pytorch compile max-autotune"))
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -268,13 +81,15 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
     device = torch.device("cuda" if torch.cuda.is_available() and not quick else "cpu")
     catalogue = GPU_WORKLOADS if device.type == "cuda" else CPU_WORKLOADS
     models, contenders = list(models or catalogue), list(contenders or CONTENDERS)
-    for key, chosen, known in (("models", models, catalogue), ("contenders", contenders, CONTENDERS)):
+    for key, chosen, known in (("models", models, catalogue), ("contenders", contenders, RUNNERS)):
         unknown = [v for v in chosen if v not in known]
         if unknown:
-            raise HpmodelError(f"{key} {unknown} unknown here ({device.type}): choose from {', '.join(known)}")
+            opt_in = f" (not in the default race: {', '.join(OPT_IN)})" if key == "contenders" else ""
+            raise HpmodelError(f"{key} {unknown} unknown here ({device.type}): choose from "
+                               f"{', '.join(known)}{opt_in}")
     repeats = repeats or (1 if quick or device.type == "cuda" else 5)
     peak = peak_tflops or device_peak_tflops(device)
-    rows, errors = [], {}
+    rows, errors, rounds = [], {}, {}
     workloads = [_sized(catalogue[name], quick, steps, warmup, batch) for name in models]
     previous = used_threads = torch.get_num_threads()
     try:
@@ -284,16 +99,20 @@ def run_bench(out_dir: Path, quick: bool = False, models=None, contenders=None, 
             torch.set_num_threads(threads)
             used_threads = threads
         for work in workloads:
-            rows += measure_workload(work, device, contenders, repeats, peak, errors)
+            rates, notes = race(work, device, contenders, repeats, errors)
+            rounds[work.name] = rates
+            rows += workload_rows(work, rates, notes, peak)
     finally:
         torch.set_num_threads(previous)
     add_ratios(rows)
+    paired = {model: paired_ratios(rates) for model, rates in rounds.items()}
     title = f"hpmodel bench trainer ({device.type}, {repeats} round(s), median)"
     result = write_results(out_dir, "trainer", rows, plot=lambda ax: plot(ax, rows), title=title,
                            extra={"device_type": device.type, "quick": quick, "repeats": repeats,
                                   "peak_tflops": peak or None, "errors": errors,
-                                  "cpu_threads": used_threads,
+                                  "cpu_threads": used_threads, "rounds": rounds, "paired": paired,
                                   "workloads": {w.name: dataclasses.asdict(w) for w in workloads}})
+    print_paired(paired)
     for key, message in errors.items():
         print(f"{key} failed: {message}")
     return result
@@ -307,21 +126,24 @@ def _sized(work: Workload, quick: bool, steps: int, warmup: int, batch: int) -> 
     return dataclasses.replace(work, **changes)
 
 
-def measure_workload(work: Workload, device: torch.device, contenders: list[str], repeats: int,
-                     peak: float, errors: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per contender: the median examples/s over ``repeats`` rounds (failures'
-    messages go to ``errors``)."""
+def race(work: Workload, device: torch.device, contenders: list[str], repeats: int,
+         errors: dict[str, str]) -> tuple[dict[str, list[float | None]], dict[str, str]]:
+    """Every contender's examples/s in each of ``repeats`` rounds, contender order rotated
+    (None in a round it did not run), and a note for each contender that was skipped or
+    failed (its message goes to ``errors``)."""
     data = work.data(device)
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    rates: dict[str, list[float | None]] = {name: [] for name in contenders}
     notes: dict[str, str] = {}
     for round_index in range(repeats):
         order = contenders[round_index % len(contenders):] + contenders[:round_index % len(contenders)]
         for name in order:
+            rate = None
+            rates[name].append(None)
             if name in notes:
                 continue
             try:
-                seconds = RUNNERS[name](work, device, data)
-                rates[name].append(work.batch * work.steps / seconds)
+                rate = work.batch * work.steps / RUNNERS[name](work, device, data)
+                rates[name][-1] = rate
             except Skipped as skipped:
                 notes[name] = str(skipped)
             except Exception as error:  # one broken contender must not lose the others
@@ -329,12 +151,19 @@ def measure_workload(work: Workload, device: torch.device, contenders: list[str]
                 errors[f"{work.name} · {name}"] = (str(error).splitlines() or [""])[0][:300]
             finally:
                 _release(device)
-            print(f"  {work.name:6s} {name:17s} round {round_index + 1}: "
-                  f"{(rates[name] or [math.nan])[-1]:,.1f} examples/s {notes.get(name, '')}", flush=True)
+            print(f"  {work.name:6s} {name:28s} round {round_index + 1}: "
+                  f"{math.nan if rate is None else rate:,.1f} examples/s {notes.get(name, '')}", flush=True)
+    return rates, notes
+
+
+def workload_rows(work: Workload, rates: dict[str, list[float | None]], notes: dict[str, str],
+                  peak: float) -> list[dict[str, Any]]:
+    """One row per contender: the median examples/s over the rounds it ran."""
     parameters = count_parameters(work.build())
     rows = []
-    for name in contenders:
-        rate = statistics.median(rates[name]) if rates[name] else math.nan
+    for name, per_round in rates.items():
+        ran = [rate for rate in per_round if rate is not None]
+        rate = statistics.median(ran) if ran else math.nan
         row: dict[str, Any] = {"model": work.name, "contender": name, "examples/s": rate,
                                "tokens/s": rate * work.tokens_per_example if work.gpt else None,
                                "vs fastest peer": None, "vs pytorch eager": None}
@@ -343,6 +172,32 @@ def measure_workload(work: Workload, device: torch.device, contenders: list[str]
         row.update({"params (M)": round(parameters / 1e6, 2), "note": notes.get(name, "")})
         rows.append(row)
     return rows
+
+
+def paired_ratios(rates: dict[str, list[float | None]]) -> dict[str, dict[str, Any]]:
+    """For each of :data:`PAIRS` that both ran: hpmodel's rate over its plain loop's in the
+    same round, per round (None where either missed it), with min, median and max."""
+    paired = {}
+    for mine, plain in PAIRS:
+        if mine not in rates or plain not in rates:
+            continue
+        per_round = [round(a / b, 4) if a is not None and b else None
+                     for a, b in zip(rates[mine], rates[plain])]
+        known = [ratio for ratio in per_round if ratio is not None]
+        paired[f"{mine} / {plain}"] = {
+            "per_round": per_round, "min": min(known, default=None),
+            "median": statistics.median(known) if known else None, "max": max(known, default=None)}
+    return paired
+
+
+def print_paired(paired: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """The paired ratios, one line per model and pair, under the table."""
+    for model, pairs in paired.items():
+        for name, ratio in pairs.items():
+            rounds = " ".join("–" if r is None else f"{r:.3f}" for r in ratio["per_round"])
+            summary = ("no round with both" if ratio["median"] is None else
+                       f"min {ratio['min']:.3f}, median {ratio['median']:.3f}, max {ratio['max']:.3f}")
+            print(f"{model} · {name}, paired by round: {rounds} → {summary}")
 
 
 def _release(device: torch.device) -> None:

@@ -315,7 +315,8 @@ def _first_line(error: BaseException) -> str:
 
 
 # Settings that change neither the numbers nor the model: a resumed run may differ in them.
-NOT_FINGERPRINTED = {"train": ("progress", "log_every_steps", "epochs", "inject_kill", "compile"),
+NOT_FINGERPRINTED = {"train": ("progress", "log_every_steps", "epochs", "inject_kill", "compile",
+                               "compile_mode"),
                      "backup": None,
                      "strategy": ("max_restarts", "rdzv_endpoint", "node_rank", "timeout_s")}
 

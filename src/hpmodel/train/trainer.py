@@ -31,6 +31,7 @@ from hpmodel.models import check_input
 from hpmodel.strategies import OneDevice, OwnsForwardBackward, ProfilesBatches
 from hpmodel.train.batches import Batches, to_batches
 from hpmodel.train.callbacks import CallbackList, EarlyStopping, ProgressBar, Timer
+from hpmodel.train.compiling import check_compile_mode, compile_step
 from hpmodel.train.memory import offload_activations
 from hpmodel.train.precision import autocast, grad_scaler
 from hpmodel.train.seeding import seed_everything
@@ -66,9 +67,10 @@ class Trainer:
                  schedule: Callable | None = None, model_transform: Callable | None = None,
                  offload_activations: bool = False, hold_global_batch: bool = False,
                  drop_remainder: bool = False, task: str | Task = "classification",
-                 compile: bool | str = False):
+                 compile: bool | str = False, compile_mode: str = "default"):
         if grad_accum < 1:
             raise HpmodelError(f"grad_accum = {grad_accum} must be at least 1")
+        check_compile_mode(compile_mode, compile, grad_accum)
         self.strategy = strategy if strategy is not None else OneDevice()
         self.precision = precision
         self.grad_accum = grad_accum
@@ -79,6 +81,7 @@ class Trainer:
         self.loss_fn = loss_fn or nn.functional.cross_entropy  # what a pipeline stage applies
         self.task = get_task(task, loss_fn)  # the batch's meaning, its loss and its metrics
         self.compile = compile  # torch.compile the training step (model, loss and sums)
+        self.compile_mode = compile_mode  # torch.compile's mode (see train/compiling.py)
         self.log_every_steps = max(1, log_every_steps)
         self.progress = progress
         self.max_steps = max_steps
@@ -196,10 +199,9 @@ class Trainer:
         scheduler = self.schedule(optimizer, total_steps) if self.schedule else None
         task_step = self.task.step
         if self.compile:  # True: inductor; a string names another torch.compile backend
-            backend = self.compile if isinstance(self.compile, str) else "inductor"
             # The whole step — forward, loss and metric sums — is one graph, so the loss and
             # the argmax fuse with the logits they read (as nanoGPT's forward takes targets).
-            task_step = torch.compile(self.task.step, backend=backend)
+            task_step = compile_step(self.task.step, self.compile, self.compile_mode)
         return TrainState(strategy=self.strategy, model=model, task_step=task_step,
                           optimizer=optimizer,
                           scheduler=scheduler, scaler=grad_scaler(self.precision, self.strategy.device),
