@@ -24,6 +24,9 @@ def test_demo_config_reaches_97_percent(trained_run):
         assert key in summary
     lines = (trained_run / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line)["kind"] in ("step", "epoch") for line in lines)
+    # why the accelerator waited: the last epoch's input diagnosis, in the summary and report
+    assert summary["input"]["slowest_stage"] and "input-bound" in summary["input"]["text"]
+    assert "Why the accelerator waited" in (trained_run / "report.md").read_text()
 
 
 def test_evaluate_round_trips_test_accuracy(trained_run):

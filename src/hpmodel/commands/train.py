@@ -27,6 +27,8 @@ def run(args) -> int:
     cfg = load_config(args.config, overrides_from_args(args))
     summary = train_from_config(cfg, args.out, overwrite=args.overwrite)
     print_summary(summary, title=f"hpmodel train → {args.out}")
+    if (summary.get("input") or {}).get("text"):
+        print(f"input pipeline: {summary['input']['text']}")
     report = write_train_report(args.out, summary, command=shlex.join(["hpmodel", *sys.argv[1:]]))
     print(f"report: {report}")
     return 0

@@ -4,7 +4,8 @@ Plain Python over the per-stage counters of ``core.Stats``: the stage with the h
 utilisation (busy seconds over wall seconds times its workers) is the slowest; the
 AUTOTUNE knobs each stage reports (map ``window``, interleave ``lookahead``, prefetch
 ``buffer_size``) say what the tuner changed, and a short rule set says what it would
-change next. The bench prints it; a trainer report hook is still to come.
+change next. The input bench prints it; the Trainer puts the last epoch's into its
+summary (``summary["input"]``) and the run report shows its ``text``.
 
 Example::
 

@@ -34,6 +34,9 @@ def write_train_report(run_dir: str | Path, summary: dict[str, Any], command: st
     report.table([{"metric": k, "value": summary[k]} for k in SUMMARY_KEYS if k in summary])
     report.image(plot_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png"),
                  "training loss and accuracy or bits per byte (train window, validation per epoch)")
+    if (summary.get("input") or {}).get("text"):
+        report.heading("Why the accelerator waited")
+        report.text(summary["input"]["text"])
     history = summary.get("history") or []
     if history:
         report.heading("Epochs")

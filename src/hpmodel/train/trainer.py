@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hpmodel.data import Pipeline
+from hpmodel.data import Pipeline, why_waited
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.models import check_input
 from hpmodel.strategies import OneDevice, OwnsForwardBackward, ProfilesBatches
@@ -135,6 +135,8 @@ class Trainer:
                    "wall_seconds": timer.seconds,
                    "examples_per_second": timer.examples / max(timer.seconds, 1e-9)}
         summary.update(state.extra.pop("throughput", {}))
+        if isinstance(state.train_data, Pipeline):  # the last epoch's, as this process saw it
+            summary["input"] = why_waited(state.train_data.stats())
         weights = self.strategy.model_state_dict(state.model)
         model_out = self.strategy.unwrap(state.model) if self.strategy.world_size == 1 else None
         return FitResult(model=model_out, history=state.history, summary=summary,
