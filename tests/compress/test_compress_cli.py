@@ -70,8 +70,9 @@ def test_bench_compress_quick_writes_every_case(tmp_path):
     result = run_benchmark("compress", tmp_path, quick=True)
     cases = {row["case"] for row in result["details"]}
     assert {"cpu-latency", "sparse-size", "qat-recovery", "qat", "structured"} <= cases
-    qat = {r["variant"] for r in result["details"] if r["case"] == "qat"}
-    assert {"static-int8", "qat", "fp32 fine-tuned → static-int8"} <= qat  # the control stays in
+    qat = {(r["variant"], r["weight_scales"]) for r in result["details"] if r["case"] == "qat"}
+    assert {("static-int8", "per-tensor"), ("qat", "per-tensor"),
+            ("fp32 fine-tuned → static-int8", "per-tensor")} <= qat  # the control stays in
     pruned = [r for r in result["details"] if r["case"] == "structured" and r["variant"] != "dense"]
     assert {r["model"] for r in pruned} == {"cnn", "mlp", "transformer"}
     assert all(r["x_smaller_file"] > 1.5 for r in pruned)

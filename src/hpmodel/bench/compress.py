@@ -8,17 +8,19 @@ Six cases (GPU one skipped without CUDA; ``structured`` in :mod:`hpmodel.bench.c
    torch.compile (compiled paths skipped with ``--quick``).
 2. ``sparse-size``: gzip size of an 80%-sparse digits MLP (scheduled magnitude pruning,
    stripped) against the dense one, in fp32 and in int8.
-3. ``qat``: a depthwise-separable CNN (:mod:`hpmodel.compress.mobilenet`) on digits: static
-   int8, QAT with per-channel fake quant of every Conv and Linear, and the fp32 fine-tune
-   control of the same length. ``qat-recovery``: a ReLU MLP whose hidden layers have two outlier units (×100 in, ÷100
-   in the next layer: the same function, LLM.int8-style outliers) loses accuracy under
-   static int8; QAT fine-tuning wins it back. A control fine-tunes in fp32 for the same
-   epochs, so the gain is not just more training.
+3. ``qat`` and ``qat-recovery`` (:mod:`hpmodel.bench._compress_qat`): ``qat`` is MobileNetV1's
+   layout on digits resized to 32×32, whose dead depthwise channels make static int8 with
+   per-tensor weight scales lose tens of points (per-channel loses nothing): fp32, static int8
+   (both scales), QAT with per-tensor fake quant, and the fp32 fine-tune control of the same
+   length, then static int8 (issue #19's rule: loss ≥ 2 points, QAT − control ≥ 0.75 × loss).
+   ``qat-recovery``: a ReLU MLP with ×100 outlier units (same function), static int8 vs QAT
+   vs the control.
 4. ``gpu-matmul``: large Linear layers in bf16 vs fp8 row-wise (``torch._scaled_mm``) vs
    2:4 semi-structured sparse (``to_sparse_semi_structured``), per shape.
 
 Options (``--set``): ``threads`` (CPU threads for both runtimes, default 1),
-``repeats`` (timed calls), ``outlier_scale`` (default 100).
+``repeats`` (timed calls), ``outlier_scale`` (default 100), ``seed`` (training seed of the
+``qat`` case, default 0).
 
 Example::
 
@@ -29,8 +31,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,33 +39,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpmodel.bench._compress_qat import add_outliers, qat_cnn_rows, qat_rows, relu_mlp
+from hpmodel.bench._compress_runs import train_reference, train_run
 from hpmodel.bench.common import write_results
 from hpmodel.bench.compress_structured import structured_rows
 from hpmodel.compress import export, onnx_graph, prune, quantize
 from hpmodel.compress.measure import file_sizes
 from hpmodel.compress.variant_load import evaluate_variant
-from hpmodel.compress.variants import CompressOptions, build_variant, fine_tune, load_source, qat_model
-from hpmodel.config import ModelConfig, load_config
-from hpmodel.datasets import load_splits
-from hpmodel.kernel.files import atomic_write_bytes, load_weights, save_weights
-from hpmodel.kernel.schema import to_toml
+from hpmodel.compress.variants import CompressOptions, build_variant, load_source
+from hpmodel.config import ModelConfig
+from hpmodel.kernel.files import atomic_write_bytes
 from hpmodel.kernel.timing import timed
 from hpmodel.models import build_model, count_parameters
 from hpmodel.reporting.document import markdown_table
-from hpmodel.strategies import get_strategy
-from hpmodel.train.optim import optimizer_factory, schedule_factory
-from hpmodel.train.trainer import Trainer
-
-
-def relu_mlp(input_shape, num_classes: int, width: int = 64, depth: int = 2) -> nn.Sequential:
-    """Flatten → depth × (Linear, ReLU) → Linear (ReLU keeps outlier rescaling exact)."""
-    blocks: list[nn.Module] = [nn.Flatten()]
-    width_in = math.prod(input_shape)
-    for _ in range(depth):
-        blocks.append(nn.Sequential(nn.Linear(width_in, width), nn.ReLU()))
-        width_in = width
-    blocks.append(nn.Linear(width_in, num_classes))
-    return nn.Sequential(*blocks)
 
 
 def _ms(fn, repeats: int) -> float:
@@ -151,30 +137,8 @@ def cpu_latency_rows(work: Path, quick: bool, threads: int, repeats: int) -> lis
 
 
 # -- 2. gzip size of a sparse model --------------------------------------------------------
-def train_reference(cfg, out: Path) -> Path:
-    """Train ``cfg``'s model on one CPU device and write the two files ``load_source`` reads
-    (``config.toml``, ``model.safetensors``). The bench's reference models only need these,
-    so it does not go through the full run machinery (``hpmodel.runs.train``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(cfg.data, cfg.seed)
-    model = build_model(cfg.model, splits.input_shape, splits.num_classes)
-    trainer = Trainer(strategy=get_strategy("one-device", device="cpu"), seed=cfg.seed,
-                      batch_size=cfg.data.batch_size, progress=False,
-                      schedule=schedule_factory(cfg.schedule))
-    result = trainer.fit(model, optimizer_factory(cfg.optimizer), splits.train, epochs=cfg.train.epochs)
-    atomic_write_bytes(out / "config.toml", to_toml(cfg.to_dict()).encode())
-    save_weights(out / "model.safetensors", result.model.state_dict())
-    return out
-
-
-def _train(out: Path, overrides: list[str], epochs: int) -> Path:
-    base = ["train.progress=false", 'strategy.name="one-device"', 'strategy.device="cpu"',
-            "data.batch_size=32", f"train.epochs={epochs}"]
-    return train_reference(load_config(None, base + overrides), out)
-
-
 def sparse_size_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
-    run = _train(work / "digits-mlp", ['model.name="mlp"', "model.width=512", "model.depth=2",
+    run = train_run(work / "digits-mlp", ['model.name="mlp"', "model.width=512", "model.depth=2",
                                        "optimizer.lr=0.001"], epochs=4 if quick else 10)
     source = load_source(run)
     options = CompressOptions(sparsity=0.8, fine_tune_epochs=2 if quick else 4)
@@ -191,83 +155,7 @@ def sparse_size_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-# -- 3. static int8 loses, QAT wins back ---------------------------------------------------
-def add_outliers(weights: dict[str, torch.Tensor], scale: float, units: int = 2) -> dict:
-    """Scale ``units`` hidden units of each hidden layer by ``scale`` and their readers by
-    1/scale: the same function (ReLU is positively homogeneous), much wider activation ranges."""
-    weights = {k: v.clone() for k, v in weights.items()}
-    for writer, reader in (("1.0", "2.0"), ("2.0", "3")):
-        weights[f"{writer}.weight"][:units] *= scale
-        weights[f"{writer}.bias"][:units] *= scale
-        weights[f"{reader}.weight"][:, :units] /= scale
-    return weights
-
-
-def qat_rows(work: Path, quick: bool, scale: float) -> list[dict[str, Any]]:
-    run = _train(work / "relu-mlp", ['model.target="hpmodel.bench.compress:relu_mlp"',
-                                     "model.options={width=64, depth=2}", "optimizer.lr=0.003"],
-                 epochs=12)
-    outlier = work / "relu-mlp-outliers"
-    shutil.copytree(run, outlier, dirs_exist_ok=True)
-    save_weights(outlier / "model.safetensors", add_outliers(load_weights(run / "model.safetensors"), scale))
-    source = load_source(outlier, trust_model_target=True)  # the bench's own relu_mlp
-    options = CompressOptions(fine_tune_epochs=2 if quick else 3)
-    scores = {"fp32": _accuracy(source.model, source)}
-    for mode in ("static-int8", "qat"):
-        scores[mode] = evaluate_variant(build_variant(source, mode, work / "qat", options),
-                                        trust_model_target=True)["test_accuracy"]
-    # control: the same fine-tuning without fake quantization, then static int8
-    control_dir = work / "control"
-    shutil.copytree(outlier, control_dir, dirs_exist_ok=True)
-    tuned = fine_tune(source, source.fresh_model(), options)
-    save_weights(control_dir / "model.safetensors", tuned.state_dict())
-    control = load_source(control_dir, trust_model_target=True)
-    scores["fp32 fine-tuned"] = _accuracy(control.model, control)
-    scores["fp32 fine-tuned → static-int8"] = evaluate_variant(
-        build_variant(control, "static-int8", work / "control-v", options),
-        trust_model_target=True)["test_accuracy"]
-    lost = scores["fp32"] - scores["static-int8"]
-    return [{"case": "qat-recovery", "variant": name, "accuracy": value,
-             "points_vs_fp32": 100 * (value - scores["fp32"]),
-             "recovered_fraction": ((value - scores["static-int8"]) / lost if lost > 0 else None)
-             if name == "qat" else None, "outlier_scale": scale}
-            for name, value in scores.items()]
-
-
-MOBILENET = ['model.target="hpmodel.compress.mobilenet:mobilenet"', "model.options={width=16, depth=3}",
-             "optimizer.lr=0.01"]
-
-
-def qat_cnn_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
-    """The depthwise-separable CNN trained to convergence on digits: fp32, static int8, QAT
-    (hpmodel's per-channel fake quant of every Conv and Linear) and the fp32 fine-tune control
-    of the same length, then static int8 (issue #19's rule: QAT − control ≥ 0.75 × loss)."""
-    run = _train(work / "mobilenet", MOBILENET, epochs=8 if quick else 40)
-    source = load_source(run)
-    options = CompressOptions(fine_tune_epochs=3)
-    scores = {"fp32": _accuracy(source.model, source),
-              "static-int8": evaluate_variant(build_variant(source, "static-int8", work / "qat-cnn", options))["test_accuracy"],
-              "qat": evaluate_variant(build_variant(source, "qat", work / "qat-cnn", options))["test_accuracy"]}
-    control_dir = work / "mobilenet-control"
-    shutil.copytree(run, control_dir, dirs_exist_ok=True)
-    save_weights(control_dir / "model.safetensors", qat_model(source, options, fake_quant_on=False)[0].state_dict())
-    control = load_source(control_dir)
-    scores["fp32 fine-tuned"] = _accuracy(control.model, control)
-    scores["fp32 fine-tuned → static-int8"] = evaluate_variant(
-        build_variant(control, "static-int8", work / "qat-cnn-control", options))["test_accuracy"]
-    lost = scores["fp32"] - scores["static-int8"]
-    beyond = scores["qat"] - scores["fp32 fine-tuned → static-int8"]
-    return [{"case": "qat", "model": "mobilenet w16 d3 (digits)", "variant": name, "accuracy": value,
-             "points_vs_fp32": 100 * (value - scores["fp32"]), "static_int8_loss_points": 100 * lost,
-             "qat_beyond_control_fraction": (beyond / lost if lost > 0 else None) if name == "qat" else None,
-             "parameters": count_parameters(source.model)}
-            for name, value in scores.items()]
-
-
-def _accuracy(model: nn.Module, source) -> float:
-    with torch.no_grad():
-        logits = model.eval()(source.splits.test.x)
-    return (logits.argmax(-1) == source.splits.test.y).float().mean().item()
+# -- 3. static int8 loses, QAT wins back: hpmodel.bench._compress_qat -----------------------
 
 
 # -- 4. GPU: fp8 and 2:4 against bf16 -------------------------------------------------------
@@ -296,14 +184,14 @@ def gpu_rows(quick: bool, repeats: int) -> list[dict[str, Any]]:
 
 
 def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int = 0,
-              outlier_scale: float = 100.0) -> dict:
+              outlier_scale: float = 100.0, seed: int = 0) -> dict:
     """Run the six cases and write compress.json, compress.png and report.md."""
     repeats = repeats or (10 if quick else 50)
     previous_threads = torch.get_num_threads()
     cases = {"cpu-latency": lambda work: cpu_latency_rows(work, quick, threads, repeats),
              "sparse-size": lambda work: sparse_size_rows(work, quick),
              "qat-recovery": lambda work: qat_rows(work, quick, outlier_scale),
-             "qat": lambda work: qat_cnn_rows(work, quick),
+             "qat": lambda work: _threads(threads, qat_cnn_rows, work, quick, seed),
              "structured": lambda work: structured_rows(work, threads, repeats),
              "gpu-matmul": lambda work: gpu_rows(quick, repeats)}
     rows, skipped = [], {}
@@ -325,8 +213,15 @@ def run_bench(out_dir: Path, quick: bool = False, threads: int = 1, repeats: int
     return result
 
 
+def _threads(threads: int, measure, *args):
+    """``measure(*args)`` on ``threads`` CPU threads (its training and fine-tuning included: the
+    accuracies depend on the reduction order); ``run_bench`` restores the count."""
+    torch.set_num_threads(threads)
+    return measure(*args)
+
+
 CASE_PACKAGES = {"cpu-latency": ("onnx", "onnxruntime"), "sparse-size": ("onnx", "onnxruntime"),
-                 "qat-recovery": ("torchao", "onnx", "onnxruntime"), "qat": ("onnx", "onnxruntime"),
+                 "qat-recovery": ("torchao", "onnx", "onnxruntime"), "qat": ("torchao", "onnx", "onnxruntime"),
                  "structured": ("onnx", "onnxruntime"), "gpu-matmul": ()}
 
 
@@ -350,7 +245,8 @@ def _headline(row: dict[str, Any]) -> dict[str, Any]:
         return {"case": case, "variant": row["variant"], "setting": f"acc {row['accuracy']:.3f}",
                 "value": f"{row['gzip_bytes']:,} B gzip", "vs_baseline": f"{row['x_smaller_gzip']:.2f}× smaller"}
     if case == "qat":
-        return {"case": case, "variant": row["variant"], "setting": row["model"],
+        return {"case": case, "variant": " ".join(filter(None, (row["variant"], row["weight_scales"]))),
+                "setting": row["model"],
                 "value": f"acc {row['accuracy']:.3f}", "vs_baseline": f"{row['points_vs_fp32']:+.2f} points"}
     if case == "structured":
         return {"case": case, "variant": f"{row['model']} {row['variant']}", "setting": f"{row['parameters']:,} params",
@@ -386,4 +282,4 @@ def _write_cases(out_dir: Path, rows, skipped) -> None:
     atomic_write_bytes(Path(out_dir) / "cases.md", "\n".join(lines).encode())
 
 
-__all__ = ["add_outliers", "relu_mlp", "run_bench"]
+__all__ = ["add_outliers", "relu_mlp", "run_bench", "train_reference", "train_run"]
