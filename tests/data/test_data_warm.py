@@ -139,6 +139,60 @@ def test_trainer_over_warm_epochs_equals_training_over_a_sequential_pipeline():
     assert torch.equal(warm, sequential)
 
 
+class _SeenWarm(hm.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, state, logs):
+        self.seen.append(state.train_data.stats()["warm_start"])
+
+
+@pytest.mark.parametrize("chosen, expected", [(None, [False, True, True]),
+                                              (False, [False, False, False])])
+def test_the_trainer_warms_epochs_nobody_chose_for_and_leaves_the_choice_as_it_was(chosen, expected):
+    x, y = torch.randn(48, 4), torch.randint(0, 2, (48,))
+    pipe = (hd.from_tensors((x, y)).map(lambda e: e, num_parallel_calls=2, use_processes=True)
+            .batch(8).prefetch(2))
+    pipe.warm_start = chosen
+    seen = _SeenWarm()
+    model = torch.nn.Linear(4, 2)
+    trainer = hm.Trainer(strategy=hm.get_strategy("one-device", device="cpu"), progress=False,
+                         callbacks=[seen])
+    trainer.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), pipe, epochs=3)
+    assert seen.seen == expected and pipe.warm_start is chosen
+    assert pipe._prepared is None  # nothing prepared after the last epoch is left behind
+
+
+def test_a_resume_inside_the_tail_prepares_the_next_epoch_at_once():
+    warm, cold = processes(True), processes(False)
+    warm.load_state_dict({**warm.state_dict(), "epoch": 2, "position": 11})  # 12 batches
+    assert [plain(b[1]) for b in warm] == labels(cold, 2)[11:]
+    assert [plain(b[1]) for b in warm] == labels(cold, 3) and warm.stats()["warm_start"]
+    warm.close()
+
+
+def test_a_read_stopped_mid_message_stops_the_workers_instead_of_hanging(monkeypatch):
+    from hpmodel.data import workers
+
+    runner = workers.ProcessRunner(batch_of, workers=1)
+    assert runner.claim()
+    real = workers.read_message
+
+    def interrupted(source, pinned):
+        source.read(5)  # part of the message read, then the read stops
+        raise MemoryError("pinned memory exhausted")
+
+    monkeypatch.setattr(workers, "read_message", interrupted)
+    with pytest.raises(MemoryError):
+        runner.result(runner.submit([1, 2]))
+    monkeypatch.setattr(workers, "read_message", real)
+    handle = runner.submit([3]) if not runner.closed else (99, 0)
+    with pytest.raises(RuntimeError, match="stopped"):
+        runner.result(handle)
+    assert not runner.claim()  # a broken runner is never reused
+    runner.release()
+
+
 # --- results read out of band, into pinned memory when a CUDA copy follows -------------
 def test_out_of_band_frames_round_trip_and_report_a_torn_message():
     import io

@@ -146,7 +146,8 @@ def map_cost(stats: dict, workers: int) -> dict:
     if not stage or not stage.get("elements"):
         return {}
     cost = stage["busy_seconds"] / stage["elements"]
-    return {"ms_per_element_in_workers": round(cost * 1e3, 4),
+    workers = int(stage.get("workers") or workers)  # AUTOTUNE threads use the CPU budget
+    return {"ms_per_element_in_workers": round(cost * 1e3, 4), "workers": workers,
             "elements_per_second_bound": round(workers / max(cost, 1e-9), 1)}
 
 

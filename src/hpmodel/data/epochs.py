@@ -33,7 +33,7 @@ class EpochIteration:
 
     _node: Node
     _cpu_budget: int | None
-    _warm_start: bool
+    _warm_start: bool | None
     _prepared: PreparedEpoch | None
     _warmed: bool
     _epoch: int
@@ -76,7 +76,8 @@ class EpochIteration:
 
     def _consume(self, iterator: Iterator, ctx: Context, skip: int, token: int) -> Iterator:
         stats, start = ctx.stats, clock()
-        prepare_at = self._prepare_at()
+        prepare_at = self._prepare_at()  # -1: never; a resume past it prepares at once
+        prepared = False
         if token == self._live:
             self._position = skip
         try:
@@ -92,7 +93,8 @@ class EpochIteration:
                 stats.wall_seconds = t1 - start
                 if token == self._live:
                     self._position += 1
-                    if skip + stats.elements == prepare_at and self._prepared is None:
+                    if not prepared and 0 <= prepare_at <= skip + stats.elements:
+                        prepared = True
                         self._prepare(ctx.epoch + 1)
                 yield item
             stats.wall_seconds = clock() - start
@@ -127,6 +129,4 @@ class EpochIteration:
         for node in [] if keep_workers else self._chain():
             workers = node.__dict__.pop("_workers", None)
             if workers is not None:
-                workers.persistent = False
-                if not workers.busy:
-                    workers.close()
+                workers.retire()  # closes now, or when the iteration holding them ends

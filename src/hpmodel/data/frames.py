@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import fcntl
 import io
 import pickle
 import struct
@@ -32,14 +31,26 @@ from typing import Any
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: pipes keep their default size
+    fcntl = None
+
 _PREFIX = struct.Struct("<QI")
 PIPE_BYTES = 1 << 20  # ask Linux for 1 MiB pipes: fewer reads (and GIL hand-offs) per batch
+PIPES_BUDGET = 32 << 20  # but at most this much for all of one runner's result pipes: an
+# unprivileged user's pipes share a 64 MiB soft limit (pipe-user-pages-soft), past which
+# every new pipe of that user, other programs' too, shrinks to one page
 
 
-def widen(fd: int) -> None:
-    """Grow the pipe behind ``fd`` to :data:`PIPE_BYTES` where the OS allows it."""
+def widen(fd: int, pipes: int = 1) -> None:
+    """Grow the pipe behind ``fd`` toward :data:`PIPE_BYTES` (less when ``pipes`` share
+    :data:`PIPES_BUDGET`), where the OS allows it."""
+    size = max(1 << 16, min(PIPE_BYTES, PIPES_BUDGET // max(1, pipes)))
+    if fcntl is None:
+        return
     try:
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
     except OSError:
         pass  # a lower /proc/sys/fs/pipe-max-size, or not Linux: the default size works
 

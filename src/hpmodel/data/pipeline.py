@@ -42,10 +42,11 @@ class Pipeline(EpochIteration):
                 ...
     """
 
-    def __init__(self, node: Node, cpu_budget: int | None = None, warm_start: bool = False):
+    def __init__(self, node: Node, cpu_budget: int | None = None,
+                 warm_start: bool | None = None):
         self._node = node
         self._cpu_budget = cpu_budget
-        self._warm_start = warm_start
+        self._warm_start = warm_start  # None: unset (off; the Trainer may turn it on)
         self._prepared: PreparedEpoch | None = None  # the next epoch, started early
         self._warmed = False  # whether the latest iteration was a prepared one
         for key, n in enumerate(self._chain()):
@@ -288,6 +289,23 @@ class Pipeline(EpochIteration):
         return sharded
 
     # --- iterating: __iter__, stats, close in epochs.EpochIteration -------------
+
+    @property
+    def warm_start(self) -> bool | None:
+        """Whether the next epoch starts in the background near each epoch's end: True,
+        False, or None when nobody chose (off; ``Trainer.fit`` turns it on for runs of
+        more than one epoch and back off for the last). An iteration option, so it may be
+        set on a pipeline in place (``pipe.warm_start = False`` keeps the Trainer from it).
+
+        Example::
+
+            pipe.warm_start = True
+        """
+        return self._warm_start
+
+    @warm_start.setter
+    def warm_start(self, value: bool | None) -> None:
+        self._warm_start = None if value is None else bool(value)
 
     @property
     def is_batched(self) -> bool:

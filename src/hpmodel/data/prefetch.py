@@ -203,8 +203,8 @@ class DeviceNode(Node):
     def _cuda(self, ctx: Context, skip: int) -> Iterator:
         device = self.device
         side = torch.cuda.Stream(device=device)
-        # The stream the consumer computes on, taken where it starts iterating (this
-        # generator's body runs in the consumer's thread).
+        # The stream the consumer computes on: the one current where the iteration is
+        # built (checked again at every hand-over below, in the consumer's thread).
         consumer = torch.cuda.current_stream(device)
 
         def copy(batch: Any) -> Any:
@@ -213,7 +213,7 @@ class DeviceNode(Node):
             # batch (each would release the GIL and queue it behind this thread's work).
             with torch.cuda.device(device), torch.cuda.stream(side):
                 moved = to_device(batch, device, non_blocking=True)
-                event = torch.cuda.Event()
+                event = torch.cuda.Event(blocking=True)  # the wait sleeps, not spins
                 event.record(side)
             event.synchronize()
             for tensor in _tensors(moved):
@@ -222,7 +222,12 @@ class DeviceNode(Node):
 
         pinned = replace(ctx, pin_memory=True)  # process workers' batches arrive pinned
         make = lambda: iter(self.upstream.iterate(pinned, skip))  # noqa: E731
-        yield from background(make, self.buffer_size, self.stage(ctx), copy)
+        for moved in background(make, self.buffer_size, self.stage(ctx), copy):
+            current = torch.cuda.current_stream(device)  # no GIL release, unlike CUDA calls
+            if current != consumer:  # the consumer computes on another stream: mark it too
+                for tensor in _tensors(moved):
+                    tensor.record_stream(current)
+            yield moved
 
     def cardinality(self) -> int:
         return self.upstream.cardinality()

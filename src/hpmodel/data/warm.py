@@ -12,9 +12,12 @@ task), so nothing is forked again. Order and resume are those of a cold start: t
 prepared epoch is exactly ``iterate(ctx, 0)`` of the same chain, and it is dropped when
 the next iteration asks for anything else (another epoch, a resumed position, a restored
 chain). A cache that is still filling is never read twice at once: no epoch is prepared
-until it is complete. Off by default (after a pipeline's last epoch the prepared one is
-wasted work, which ``close()`` drops); the Trainer turns it on for runs of more than one
-epoch. Plain ``threading``; the overlapping work itself is the stages' own.
+until it is complete. Off unless chosen (after a pipeline's last epoch the prepared one
+is wasted work, which ``close()`` drops); the Trainer turns it on for runs of more than one
+epoch, off for their last, unless the pipeline says ``warm_start = False``. The epoch's
+iterator is built in the background thread too, so eager work (an index permutation) and
+its errors belong to the epoch that needs them. Plain ``threading``; the overlapping work
+itself is the stages' own.
 
 Example::
 
@@ -84,7 +87,7 @@ class PreparedEpoch:
 
     def __init__(self, epoch: int, node: Node, ctx: Context):
         self.epoch, self.node, self.ctx = epoch, node, ctx
-        self.iterator = node.iterate(ctx, 0)
+        self.iterator: Iterator | None = None  # built in the thread: no eager work here
         self.first: tuple | None = None
         self._lock = threading.Lock()
         self._dropped = False
@@ -93,6 +96,7 @@ class PreparedEpoch:
 
     def _pull(self) -> None:
         try:
+            self.iterator = iter(self.node.iterate(self.ctx, 0))
             first = ("item", next(self.iterator))
         except StopIteration:
             first = ("end", None)
@@ -136,5 +140,5 @@ class PreparedEpoch:
             self._close()
 
     def _close(self) -> None:
-        if hasattr(self.iterator, "close"):
+        if self.iterator is not None and hasattr(self.iterator, "close"):
             self.iterator.close()

@@ -148,12 +148,14 @@ class ProcessRunner:
             proc.start()
             task_out.close()
             result_in.close()
-            widen(result_out.fileno())
+            widen(result_out.fileno(), pipes=workers)
             self.procs.append(proc)
             self.tasks.append(task_in)
             self.results.append(result_out)
         self._reads = [io.FileIO(c.fileno(), "r", closefd=False) for c in self.results]
         self.pinned = False  # read results into page-locked memory (a CUDA copy follows)
+        self.broken = False  # a read stopped mid-message: the pipes are out of step
+        self.retired = False  # no new iteration may claim them (Pipeline.close)
         self.outstanding = [deque() for _ in range(workers)]
         self.done: dict = {}
         self.count = 0
@@ -176,10 +178,19 @@ class ProcessRunner:
         them, and results are matched to their task, so the epochs never mix.
         """
         with self._submit_lock:
-            if self.closed or not all(p.is_alive() for p in self.procs):
+            if self.closed or self.broken or self.retired \
+                    or not all(p.is_alive() for p in self.procs):
                 return False
             self.sessions += 1
             return True
+
+    def retire(self) -> None:
+        """Close the workers now if no iteration holds them, else when the last one ends."""
+        with self._submit_lock:
+            self.persistent, self.retired = False, True
+            idle = self.sessions == 0
+        if idle:
+            self.close()
 
     def release(self, handles=()) -> None:
         """End of one iteration: drop its unread results (``handles``); keep the workers
@@ -208,15 +219,27 @@ class ProcessRunner:
 
     def _receive(self, worker: int) -> None:
         """Read worker ``worker``'s next answer (the caller holds its receive lock)."""
+        if self.closed or self.broken:  # never read an fd number that may be reused
+            raise RuntimeError("the map workers were stopped (an earlier read failed or the "
+                               "pipeline was closed): iterate again to start new ones")
         try:
             message = read_message(self._reads[worker], self.pinned)
         except (EOFError, OSError, ValueError):
+            self._break()
             proc = self.procs[worker]
             proc.join(timeout=1)
             raise RuntimeError(f"a map worker process exited unexpectedly (exit code "
                                f"{proc.exitcode}): it may have run out of memory or "
                                "crashed in native code; try fewer workers") from None
+        except BaseException:  # e.g. KeyboardInterrupt or MemoryError mid-message
+            self._break()
+            raise
         self.done[self.outstanding[worker].popleft()] = message
+
+    def _break(self) -> None:
+        """A read stopped inside a message: these workers cannot be read in step again."""
+        self.broken, self.persistent = True, False
+        self.close()
 
     def _wait(self, handle: tuple[int, int]) -> None:
         task, worker = handle
@@ -245,8 +268,10 @@ class ProcessRunner:
         return task in self.done
 
     def wait_any(self, pending) -> None:
-        """Block until some worker has a result."""
-        wait_connections(self.results, timeout=0.1)
+        """Block until a worker that owes one of ``pending`` has sent something (another
+        iteration's answers on other workers' pipes would wake it for nothing)."""
+        owing = sorted({worker for _, worker in pending})
+        wait_connections([self.results[w] for w in owing] or self.results, timeout=0.1)
 
     def close(self) -> None:
         """Stop the workers without making the consumer wait for them (idempotent)."""
@@ -266,5 +291,8 @@ class ProcessRunner:
             proc.join(timeout=2)
             if proc.is_alive():
                 proc.terminate()
-        for conn in self.tasks + self.results:
+        for conn in self.tasks:
             conn.close()
+        for lock, conn in zip(self._receive_locks, self.results):
+            with lock:  # no reader is inside a read of this fd when it closes
+                conn.close()

@@ -58,3 +58,26 @@ def as_pipeline(data: Any) -> Pipeline:
         return from_dataset(data)
     raise HpmodelError(f"cannot train on data of type {type(data).__name__}: give tensors "
                        "(x, y) or a dict of tensors, a torch Dataset or an hpmodel.data pipeline")
+
+
+def warm_start_epochs(data: Any, epochs: int) -> bool:
+    """Whether the Trainer runs ``data``'s warm start (next epoch started during this one's
+    tail, ``hpmodel.data.warm``): for a pipeline nobody chose for (``warm_start is None``)
+    in a run of more than one epoch. A pipeline set to False stays cold."""
+    return isinstance(data, Pipeline) and data.warm_start is None and epochs > 1
+
+
+def set_warm_start(data: Any, owned: bool, epoch: int, epochs: int) -> None:
+    """Before epoch ``epoch``: on while another epoch follows, unset for the last one (so
+    nothing is prepared after it); untouched when the Trainer does not own it."""
+    if owned:
+        data.warm_start = True if epoch + 1 < epochs else None
+
+
+def release_batches(data: Any, owned: bool) -> None:
+    """End of fit (also on an error): drop a prepared epoch, keep the workers (another fit
+    may follow), leave the pipeline's warm start as the user set it."""
+    if isinstance(data, Pipeline):
+        if owned:
+            data.warm_start = None
+        data.close(keep_workers=True)

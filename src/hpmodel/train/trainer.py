@@ -29,7 +29,8 @@ from hpmodel.data import Pipeline, why_waited
 from hpmodel.kernel.errors import HpmodelError
 from hpmodel.models import check_input
 from hpmodel.strategies import OneDevice, OwnsForwardBackward, ProfilesBatches
-from hpmodel.train.batches import Batches, to_batches
+from hpmodel.train.batches import (Batches, release_batches, set_warm_start, to_batches,
+                                   warm_start_epochs)
 from hpmodel.train.callbacks import CallbackList, EarlyStopping, ProgressBar, Timer
 from hpmodel.train.compiling import check_compile_mode, compile_step
 from hpmodel.train.memory import offload_activations
@@ -117,20 +118,23 @@ class Trainer:
         callbacks = CallbackList(self._default_callbacks() + self.callbacks)
         timer = callbacks.callbacks[0]
         callbacks.call("on_train_begin", state)
-        while state.epoch < epochs and not state.stop_training:
-            if self.max_steps and state.global_step >= self.max_steps and not state.step_in_epoch:
-                break  # resumed from a backup taken after the last step's epoch ended
-            self.run_epoch(state, callbacks)
-            logs = dict(state.extra.pop("epoch_logs", {}))
-            if val_data is not None:
-                logs.update({f"val_{k}": v for k, v in self.evaluate_model(state.model, val_data).items()
-                             if k not in ("examples", "tokens")})
-            state.history.append({"epoch": state.epoch + 1, **logs})
-            callbacks.call("on_epoch_end", state, logs)
-            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        warm = warm_start_epochs(state.train_data, epochs)  # see hpmodel.data.warm
+        try:
+            while state.epoch < epochs and not state.stop_training:
+                if self.max_steps and state.global_step >= self.max_steps and not state.step_in_epoch:
+                    break  # resumed from a backup taken after the last step's epoch ended
+                set_warm_start(state.train_data, warm, state.epoch, epochs)
+                self.run_epoch(state, callbacks)
+                logs = dict(state.extra.pop("epoch_logs", {}))
+                if val_data is not None:
+                    logs.update({f"val_{k}": v for k, v in self.evaluate_model(state.model, val_data).items()
+                                 if k not in ("examples", "tokens")})
+                state.history.append({"epoch": state.epoch + 1, **logs})
+                callbacks.call("on_epoch_end", state, logs)
+                state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        finally:
+            release_batches(state.train_data, warm)
         callbacks.call("on_train_end", state)
-        if isinstance(state.train_data, Pipeline):
-            state.train_data.close(keep_workers=True)  # no epoch after the last one
         summary = {"steps": state.global_step, "epochs": state.epoch,
                    "wall_seconds": timer.seconds,
                    "examples_per_second": timer.examples / max(timer.seconds, 1e-9)}
@@ -187,8 +191,6 @@ class Trainer:
         model, optimizer = self.strategy.setup(model, optimizer)
         model._hpmodel_setup = True
         train_data = self.strategy.distribute(batches)
-        if epochs > 1 and isinstance(train_data, Pipeline):  # the next epoch starts in this one's tail
-            train_data = train_data.with_options(warm_start=True)
         count = train_data.cardinality()
         if count < 0 and not self.max_steps:
             raise HpmodelError("the training data has no known length (a filter, repeat() or "
