@@ -6,52 +6,21 @@ import json
 import signal
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
-
-from conftest import ROOT, assert_same_weights, hpmodel_env
-from hpmodel.data import write_text_shards
+from conftest import ROOT, assert_same_weights, gpt_toml, hpmodel_env, stdlib_text_shards
 from hpmodel.datasets.text import gzip_bits_per_byte
-
-CONFIG = """
-seed = 0
-[data]
-name = "shards"
-shards = "{shards}/train-*.shard"
-test_shards = "{shards}/val-*.shard"
-batch_size = 16
-val_fraction = 0.0
-[model]
-name = "gpt"
-width = 32
-depth = 2
-heads = 2
-options = {{ seq_len = 32, vocab_size = 256 }}
-[optimizer]
-name = "adamw"
-lr = 0.003
-[train]
-task = "causal-lm"
-max_steps = 12
-progress = false
-log_every_steps = 4
-"""
 
 
 def corpus(tmp_path: Path) -> Path:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [str(stdlib / name) for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py",
-                                             "heapq.py", "fnmatch.py")]
-    out = tmp_path / "shards"
-    write_text_shards(files, str(out), seq_len=32, val_fraction=0.3, seed=0,
-                      measures={"gzip_bits_per_byte": gzip_bits_per_byte})
-    return out
+    return stdlib_text_shards(tmp_path / "shards", 6, seq_len=32, val_fraction=0.3,
+                              measures={"gzip_bits_per_byte": gzip_bits_per_byte})
 
 
 def run(tmp_path, name, *sets):
     config = tmp_path / "gpt.toml"
-    config.write_text(CONFIG.format(shards=corpus_dir(tmp_path)))
+    config.write_text(gpt_toml(corpus_dir(tmp_path), width=32, depth=2, seq_len=32, batch_size=16,
+                               lr=0.003, max_steps=12, log_every=4, cpu=False))
     cmd = [sys.executable, "-m", "hpmodel", "train", str(config), "--out", str(tmp_path / name)]
     for item in sets:
         cmd += ["--set", item]

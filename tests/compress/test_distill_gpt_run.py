@@ -2,60 +2,33 @@
 top-k and full-logit distillation, per-seed results, the saved model's metrics, resume."""
 
 import json
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import gpt_toml, run_cli, stdlib_text_shards
 from hpmodel.config import load_config
-from hpmodel.data import write_text_shards
 from hpmodel.kernel.errors import ConfigError
 from hpmodel.runs.distill import distill_from_config, load_distill_config
 from hpmodel.runs.train import evaluate_run, train_from_config
 
-CONFIG = """seed = 0
-[data]
-name = "shards"
-shards = "{shards}/train-*.shard"
-test_shards = "{shards}/val-*.shard"
-batch_size = 8
-val_fraction = 0.0
-drop_remainder = true
-[model]
-name = "gpt"
-width = 16
-depth = {depth}
-heads = 2
-options = {{ seq_len = 8, vocab_size = 256 }}
-[optimizer]
-name = "adamw"
-lr = 0.01
-[train]
-task = "causal-lm"
-max_steps = {steps}
-progress = false
-log_every_steps = 2
-[strategy]
-name = "one-device"
-device = "cpu"
-"""
+def gpt_run_toml(root: Path, depth: int, steps: int) -> str:
+    return gpt_toml(root / "shards", width=16, depth=depth, seq_len=8, batch_size=8, lr=0.01,
+                    max_steps=steps, log_every=2, drop_remainder=True)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpt")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [str(stdlib / n) for n in ("abc.py", "bisect.py", "colorsys.py", "keyword.py")]
-    write_text_shards(files, str(root / "shards"), seq_len=8, val_fraction=0.25, seed=0)
-    (root / "teacher.toml").write_text(CONFIG.format(shards=root / "shards", depth=2, steps=6))
+    stdlib_text_shards(root / "shards", 4, seq_len=8, val_fraction=0.25)
+    (root / "teacher.toml").write_text(gpt_run_toml(root, depth=2, steps=6))
     train_from_config(load_config(root / "teacher.toml"), root / "teacher")
     return root
 
 
 def student_config(root, distill):
     path = root / "student.toml"
-    path.write_text(CONFIG.format(shards=root / "shards", depth=1, steps=3) + "[distill]\n" + distill)
+    path.write_text(gpt_run_toml(root, depth=1, steps=3) + "[distill]\n" + distill)
     return path
 
 

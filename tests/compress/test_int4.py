@@ -4,59 +4,31 @@ variant, clear errors for a corrupt file and a bad block size; torchao's int4 on
 
 import json
 import shutil
-import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import gpt_toml, run_cli, stdlib_text_shards
 from hpmodel.cli import main
 from hpmodel.compress import int4
 from hpmodel.compress.export import OnnxModel
 from hpmodel.compress.variant_load import evaluate_variant
 from hpmodel.compress.variants import CompressOptions, build_variant, load_source
 from hpmodel.config import load_config
-from hpmodel.data import write_text_shards
 from hpmodel.kernel.errors import ConfigError
 from hpmodel.runs.train import train_from_config
 
-# width 64: every MatMul's input axis holds whole blocks of 32, as in a real GPT
-CONFIG = """seed = 0
-[data]
-name = "shards"
-shards = "{shards}/train-*.shard"
-test_shards = "{shards}/val-*.shard"
-batch_size = 16
-val_fraction = 0.0
-drop_remainder = true
-[model]
-name = "gpt"
-width = 64
-depth = 2
-heads = 2
-options = {{ seq_len = 32, vocab_size = 256, tie_embeddings = true }}
-[optimizer]
-name = "adamw"
-lr = 0.01
-[train]
-task = "causal-lm"
-max_steps = 40
-progress = false
-log_every_steps = 20
-[strategy]
-name = "one-device"
-device = "cpu"
-"""
+
 
 
 @pytest.fixture(scope="module")
 def gpt_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpt")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [str(stdlib / n) for n in ("abc.py", "bisect.py", "colorsys.py", "keyword.py", "heapq.py")]
-    write_text_shards(files, str(root / "shards"), seq_len=32, val_fraction=0.2, seed=0)
-    (root / "gpt.toml").write_text(CONFIG.format(shards=root / "shards"))
+    stdlib_text_shards(root / "shards", 5, seq_len=32, val_fraction=0.2)
+    # width 64: every MatMul's input axis holds whole blocks of 32, as in a real GPT
+    (root / "gpt.toml").write_text(gpt_toml(root / "shards", width=64, depth=2, seq_len=32,
+                                            batch_size=16, lr=0.01, max_steps=40, log_every=20,
+                                            drop_remainder=True, tie=True))
     train_from_config(load_config(root / "gpt.toml"), root / "run")
     return root / "run"
 
