@@ -79,15 +79,11 @@ def qat_rows(work: Path, quick: bool, scale: float) -> list[dict[str, Any]]:
     options = CompressOptions(fine_tune_epochs=2 if quick else 3)
     scores = {"fp32": accuracy_on_test(source.model, source)}
     for mode in ("static-int8", "qat"):
-        scores[mode] = evaluate_variant(build_variant(source, mode, work / "qat", options))["test_accuracy"]
+        scores[mode] = _int8(source, options, work / "qat", mode)
     # control: the same fine-tuning without fake quantization, then static int8
-    control_dir = work / "control"
-    shutil.copytree(outlier, control_dir, dirs_exist_ok=True)
-    save_weights(control_dir / "model.safetensors", fine_tune(source, source.fresh_model(), options).state_dict())
-    control = load_source(control_dir)
+    control = _control(outlier, fine_tune(source, source.fresh_model(), options), work / "control")
     scores["fp32 fine-tuned"] = accuracy_on_test(control.model, control)
-    scores["fp32 fine-tuned → static-int8"] = evaluate_variant(
-        build_variant(control, "static-int8", work / "control-v", options))["test_accuracy"]
+    scores["fp32 fine-tuned → static-int8"] = _int8(control, options, work / "control-v")
     lost = scores["fp32"] - scores["static-int8"]
     return [{"case": "qat-recovery", "variant": name, "accuracy": value,
              "points_vs_fp32": 100 * (value - scores["fp32"]),
@@ -117,6 +113,13 @@ def _int8(source, options: CompressOptions, out: Path, mode: str = "static-int8"
     return evaluate_variant(build_variant(source, mode, out, options))["test_accuracy"]
 
 
+def _control(run: Path, tuned: nn.Module, out: Path):
+    """The run at ``run`` with ``tuned``'s weights, as a source (the fp32 fine-tune control)."""
+    shutil.copytree(run, out, dirs_exist_ok=True)
+    save_weights(out / "model.safetensors", tuned.state_dict())
+    return load_source(out)
+
+
 def qat_cnn_rows(work: Path, quick: bool, seed: int = 0) -> list[dict[str, Any]]:
     """fp32; static int8 with per-channel and per-tensor weights; QAT with per-tensor fake quant
     then static int8; the fp32 fine-tune control of the same length, then static int8."""
@@ -129,11 +132,8 @@ def qat_cnn_rows(work: Path, quick: bool, seed: int = 0) -> list[dict[str, Any]]
                 ("static-int8", "per-channel", _int8(source, per_channel, work / "per-channel")),
                 ("static-int8", "per-tensor", _int8(source, per_tensor, work / "per-tensor")),
                 ("qat", "per-tensor", _int8(source, per_tensor, work / "qat-per-tensor", "qat"))]
-    control_dir = work / "mobilenet-v1-control"
-    shutil.copytree(run, control_dir, dirs_exist_ok=True)
     tuned = qat_model(source, per_tensor, fake_quant_on=False)[0]  # BN folded, fp32 fine-tune
-    save_weights(control_dir / "model.safetensors", tuned.state_dict())
-    control = load_source(control_dir)
+    control = _control(run, tuned, work / "mobilenet-v1-control")
     measured += [("fp32 fine-tuned", "", accuracy_on_test(control.model, control)),
                  ("fp32 fine-tuned → static-int8", "per-tensor", _int8(control, per_tensor, work / "control"))]
     scores = {(name, scales): value for name, scales, value in measured}

@@ -201,6 +201,11 @@ class Node:
         """Whether another iteration may start while one runs (False: a cache filling)."""
         return True
 
+    def works_ahead(self) -> bool:
+        """Whether this stage produces in threads or processes of its own, ahead of its
+        consumer (prefetch, device copy, parallel map or interleave)."""
+        return False
+
     def cardinality(self) -> int:
         """Number of elements, or INFINITE (-1) / UNKNOWN (-2)."""
         return UNKNOWN

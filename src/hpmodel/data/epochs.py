@@ -93,7 +93,7 @@ class EpochIteration:
                 stats.wall_seconds = t1 - start
                 if token == self._live:
                     self._position += 1
-                    if not prepared and 0 <= prepare_at <= skip + stats.elements:
+                    if not prepared and 0 <= prepare_at <= self._position:
                         prepared = True
                         self._prepare(ctx.epoch + 1)
                 yield item

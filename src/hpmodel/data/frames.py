@@ -13,6 +13,8 @@ asynchronous one. ``pickle.loads(head, buffers=...)`` then wraps the buffers wit
 copying them.
 
 Frame: ``<Q head bytes><I buffer count><Q size>...`` then the head, then the buffers.
+Trust: the reader unpickles the head, so it must come from a pipe only trusted processes
+write (``workers.py``: anonymous pipes to its own forked workers); never a file or socket.
 
 Example::
 
@@ -76,7 +78,7 @@ def send_parts(out: io.FileIO, parts: list) -> None:
         _write_all(out, part)
 
 
-def read_message(source: io.FileIO, pinned: bool) -> tuple[bytes, list]:
+def read_message(source: io.FileIO, pinned: bool) -> tuple[bytearray, list]:
     """The next message's pickle head and its buffers (page-locked if ``pinned``)."""
     head_size, count = _PREFIX.unpack(_read_exact(source, _PREFIX.size))
     sizes = struct.unpack(f"<{count}Q", _read_exact(source, 8 * count)) if count else ()
@@ -97,10 +99,10 @@ def _write_all(out: io.FileIO, data) -> None:
         view = view[written:]
 
 
-def _read_exact(source: io.FileIO, size: int) -> bytes:
+def _read_exact(source: io.FileIO, size: int) -> bytearray:
     data = bytearray(size)
     _read_into(source, memoryview(data))
-    return bytes(data)
+    return data
 
 
 def _read_into(source: io.FileIO, view: memoryview) -> None:

@@ -204,6 +204,9 @@ class InterleaveNode(Node):
             self._sizes[element] = self.sizer(element)
         return self._sizes[element]
 
+    def works_ahead(self) -> bool:
+        return self.num_parallel_calls not in (None, 0, 1)  # one reader thread per slot
+
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
         inputs = list(self.upstream.iterate(ctx, 0))
         cycle = max(1, min(self.cycle_length, len(inputs) or 1))
@@ -230,7 +233,7 @@ class InterleaveNode(Node):
     def _run(self, ctx: Context, inputs: list, cycle: int, state) -> Iterator:
         stage = self.stage(ctx)
         calls = self.num_parallel_calls
-        threaded = calls not in (None, 0, 1)
+        threaded = self.works_ahead()
         lookahead = [max(2 * cycle, 8) if calls == AUTOTUNE else max(0, (calls or 0) - cycle)]
         ahead: deque = deque()  # readers opened early for upcoming inputs
         nxt = [0]

@@ -59,7 +59,7 @@ class MapNode(Node):
         inputs, fn = self._inputs(ctx, skip)
         stage = self.stage(ctx)
         calls = self.num_parallel_calls
-        if calls in (None, 0, 1) and not self.use_processes:
+        if not self.works_ahead():
             return self._sequential(inputs, stage)
         tuner = None
         if calls == AUTOTUNE:
@@ -131,6 +131,9 @@ class MapNode(Node):
             out = fn(item)
             stage.add(clock() - t0)
             yield out
+
+    def works_ahead(self) -> bool:
+        return self.use_processes or self.num_parallel_calls not in (None, 0, 1)
 
     def cardinality(self) -> int:
         return self.upstream.cardinality()

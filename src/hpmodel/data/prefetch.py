@@ -137,6 +137,9 @@ class PrefetchNode(Node):
         super().__init__(upstream)
         self.buffer_size = buffer_size
 
+    def works_ahead(self) -> bool:
+        return True
+
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
         stage = self.stage(ctx)
         stage.extra["buffer_size"] = 1 if self.buffer_size == AUTOTUNE else self.buffer_size
@@ -193,6 +196,9 @@ class DeviceNode(Node):
         self.device = device
         self.buffer_size = buffer_size
 
+    def works_ahead(self) -> bool:
+        return self.device.type == "cuda"  # elsewhere it copies (or passes) in the consumer
+
     def iterate(self, ctx: Context, skip: int = 0) -> Iterator:
         if self.device.type != "cuda":  # CPU: nothing to overlap, pass through
             if self.device.type == "cpu":
@@ -203,8 +209,9 @@ class DeviceNode(Node):
     def _cuda(self, ctx: Context, skip: int) -> Iterator:
         device = self.device
         side = torch.cuda.Stream(device=device)
-        # The stream the consumer computes on: the one current where the iteration is
-        # built (checked again at every hand-over below, in the consumer's thread).
+        # The stream the consumer computes on, as the thread that starts this generator
+        # sees it (a prepared epoch starts in its own thread: the default stream), checked
+        # again at every hand-over below, in the consumer's thread.
         consumer = torch.cuda.current_stream(device)
 
         def copy(batch: Any) -> Any:

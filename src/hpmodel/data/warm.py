@@ -4,7 +4,7 @@ At the epoch boundary an input pipeline normally stalls: every stage starts empt
 the consumer waits for the first batch to travel the whole chain (DataLoader with
 ``persistent_workers`` pays this too; tf.data avoids it only inside ``repeat()``). A
 :class:`Pipeline` with a background stage (``prefetch``, ``prefetch_to_device`` or a
-parallel ``map``) and ``with_options(warm_start=True)`` therefore starts iterating epoch
+parallel ``map`` or ``interleave``) and ``with_options(warm_start=True)`` therefore starts iterating epoch
 e + 1 in a thread once the consumer is ``lookahead(n)`` elements from the end of epoch e,
 and hands it over when the consumer asks for epoch e + 1. Process workers are shared
 between the two epochs (``workers.ProcessRunner`` keeps each task's answer with its
@@ -60,8 +60,9 @@ def _nodes(node: Node | None) -> Iterator[Node]:
 def worth_preparing(node: Node) -> bool:
     """Whether preparing the next epoch in the background pays and is safe now.
 
-    It pays when some stage works in the background (prefetch, device copy, parallel
-    map); it is safe when no stage is still filling a cache.
+    It pays when some stage works ahead of its consumer (``Node.works_ahead``: prefetch,
+    device copy, parallel map or interleave); it is safe when no stage is still filling a
+    cache.
 
     Example::
 
@@ -70,9 +71,7 @@ def worth_preparing(node: Node) -> bool:
     nodes = list(_nodes(node))
     if not all(n.warm_ready() for n in nodes):
         return False
-    return any(n.kind in ("prefetch", "to_device")
-               or (n.kind == "map" and (n.use_processes or n.num_parallel_calls not in (None, 0, 1)))
-               for n in nodes)
+    return any(n.works_ahead() for n in nodes)
 
 
 class PreparedEpoch:
